@@ -1,0 +1,24 @@
+"""fitplan: the best compressed network that fits a device and a budget.
+
+``plan(model, device, budget)`` searches architecture, bit-widths, sparsity and token budgets jointly
+with a multi-objective Optuna study guided by meta-learned latency predictors, then materialises,
+fine-tunes, verifies and exports the chosen subnet.
+"""
+__version__ = "0.1.0"
+
+from fitplan.errors import ConfigError, FitplanError, InfeasibleBudgetError, UnknownNameError
+from fitplan.search_spaces import Dimension, SearchSpace, Supernet, create_space, list_spaces, register_space
+
+__all__ = [
+    "__version__",
+    "ConfigError",
+    "Dimension",
+    "FitplanError",
+    "InfeasibleBudgetError",
+    "SearchSpace",
+    "Supernet",
+    "UnknownNameError",
+    "create_space",
+    "list_spaces",
+    "register_space",
+]
