@@ -24,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
         doc = (type(s).__doc__ or "").strip().splitlines()[0] if type(s).__doc__ else ""
         print(f"{s.name}: {doc}  [{len(s.units())} compression units]")
         for d in s.dimensions.values():
-            shape = "" if d.length is None else f"[{d.length}]"
-            print(f"  {d.name}{shape:<6} {d.kind:<10} {list(d.choices)}  {d.doc}")
+            key = d.name if d.length is None else f"{d.name}[{d.length}]"
+            print(f"  {key:<18} {d.kind:<10} {list(d.choices)}  {d.doc}")
     return 0

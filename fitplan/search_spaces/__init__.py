@@ -1,6 +1,7 @@
 """Search spaces and their weight-sharing supernets.
 
-Importing this package registers the built-in spaces. Use :func:`create_space` to build one by name.
+Importing this package registers the built-in spaces (``ofa_mbv3``, ``fbnet``, ``elastic_resnet``,
+``elastic_vit``) and their timm converters. Use :func:`create_space` to build one by name.
 """
 from fitplan.search_spaces.base import (
     SPACES,
@@ -13,16 +14,17 @@ from fitplan.search_spaces.base import (
     register_space,
 )
 from fitplan.search_spaces.supernet import Supernet
+from fitplan.search_spaces.timm_import import TIMM_CONVERTERS, from_timm, register_timm_converter
 
-# Built-in spaces register themselves on import. Each lives in its own module.
-import importlib as _importlib
+# Built-in spaces register themselves (and their timm converters) on import.
+from fitplan.search_spaces.ofa_mbv3 import OFAMobileNetV3Space, OFAMobileNetV3Supernet  # noqa: E402
+from fitplan.search_spaces.fbnet import FBNetSpace, FBNetSupernet  # noqa: E402
+from fitplan.search_spaces.elastic_resnet import ElasticResNetSpace, ElasticResNetSupernet  # noqa: E402
+from fitplan.search_spaces.elastic_vit import ElasticViTSpace, ElasticViTSupernet  # noqa: E402
 
-for _mod in ("ofa_mbv3", "fbnet", "elastic_resnet", "elastic_vit"):
-    try:
-        _importlib.import_module(f"fitplan.search_spaces.{_mod}")
-    except ModuleNotFoundError as _e:  # a space still being written
-        if _e.name != f"fitplan.search_spaces.{_mod}":
-            raise
-
-__all__ = ["SPACES", "Config", "Dimension", "SearchSpace", "Supernet", "UnitCost", "create_space",
-           "list_spaces", "register_space"]
+__all__ = [
+    "SPACES", "TIMM_CONVERTERS", "Config", "Dimension", "ElasticResNetSpace", "ElasticResNetSupernet",
+    "ElasticViTSpace", "ElasticViTSupernet", "FBNetSpace", "FBNetSupernet", "OFAMobileNetV3Space",
+    "OFAMobileNetV3Supernet", "SearchSpace", "Supernet", "UnitCost", "create_space", "from_timm",
+    "list_spaces", "register_space", "register_timm_converter",
+]
