@@ -1,0 +1,60 @@
+"""``fitplan predictor``: few-shot latency prediction for a device from a handful of measured archs.
+
+``fitplan predictor predict --space S --calibration CAL.json --archs ARCHS.json --out PRED.json``
+(DESIGN.md contract 2): CAL.json ``{"samples": [{"arch": ..., "latency_ms": ...}]}``, ARCHS.json a list of
+archs, PRED.json a list of predicted milliseconds in the same order. Bad input exits 2 naming the field.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predictor", help="few-shot latency prediction for a new device")
+    psub = p.add_subparsers(dest="predictor_command", metavar="ACTION")
+    pp = psub.add_parser("predict", help="adapt to CAL.json samples, predict ARCHS.json, write PRED.json")
+    pp.add_argument("--space", required=True, help="fbnet or ofa_mbv3")
+    pp.add_argument("--calibration", required=True, help='CAL.json: {"samples": [{"arch", "latency_ms"}]}')
+    pp.add_argument("--archs", required=True, help="ARCHS.json: a JSON list of archs")
+    pp.add_argument("--out", required=True, help="PRED.json: list of predicted ms, same order")
+    pp.add_argument("--prior", help="meta-trained prior (.safetensors from LatencyPredictor.save); default: "
+                                    "the one shipped with fitplan")
+    pp.set_defaults(func=run_predict)
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def _load(path: str, field: str):
+    from fitplan.errors import ConfigError
+    from fitplan.jsonio import load_json
+
+    if Path(path).exists() and not Path(path).read_text().strip():
+        raise ConfigError(field, f"{path} is empty")
+    return load_json(path, field)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from fitplan.errors import ConfigError
+    from fitplan.jsonio import atomic_write_text
+    from fitplan.predictors.features import PREDICTOR_SPACES
+    from fitplan.predictors.latency import LatencyPredictor
+
+    if args.space not in PREDICTOR_SPACES:
+        raise ConfigError("--space", f"unsupported space {args.space!r}", PREDICTOR_SPACES)
+    cal = _load(args.calibration, "calibration")
+    if not isinstance(cal, dict) or "samples" not in cal:
+        raise ConfigError("calibration.samples", 'expected {"samples": [{"arch": ..., "latency_ms": ...}, ...]}')
+    archs = _load(args.archs, "archs")
+    if not isinstance(archs, list):
+        raise ConfigError("archs", f"expected a JSON list of archs, got {type(archs).__name__}")
+    base = LatencyPredictor.load(args.prior) if args.prior else LatencyPredictor.for_space(args.space)
+    if base.space != args.space:
+        raise ConfigError("--prior", f"prior is for space {base.space!r}, not {args.space!r}")
+    adapted = base.adapt(cal["samples"], device=Path(args.calibration).stem)
+    pred = adapted.predict(archs) if archs else []
+    atomic_write_text(args.out, json.dumps([float(v) for v in pred]) + "\n")
+    print(f"predicted {len(archs)} archs for {args.space} from {adapted.n_samples} calibration samples "
+          f"-> {args.out} (predicted ms)", file=sys.stderr)
+    return 0

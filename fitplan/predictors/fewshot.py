@@ -1,0 +1,192 @@
+"""Few-shot evaluation protocol for latency predictors: hold a device out, adapt with N samples, score.
+
+Why a module (not only a benchmark script): the benchmark, the hyper-parameter tuning and the tests use the
+same protocol, metrics and baselines, so the numbers they print mean the same thing.
+
+Protocols (which source devices the meta-prior may use when device ``D`` is held out):
+
+``lodo``  leave-one-device-out: every other device (siblings with another batch size stay in).
+``lofo``  leave-one-family-out: also drop devices of the same hardware (``titanx_1/32/64`` are one family).
+``loco``  leave-one-class-out: also drop the whole class (GPU / CPU / mobile); the closest proxy for a device
+          unlike every source device (HELP's raspi4, Eyeriss, FPGA). Only meaningful where classes differ.
+
+Targets: ``measured`` scores against the recorded latencies (includes the device's measurement noise, e.g.
+phones logged in whole milliseconds); ``clean`` scores against the device's own full-data additive fit, a
+noise-free proxy for devices whose latencies are per-layer sums (HW-NAS-Bench's FBNet edge devices are).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from fitplan.predictors.features import dataset_features, space_features
+from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
+
+_GPU = ("1080ti", "titanx", "2080ti", "titan_rtx", "titan_xp", "v100")
+_CPU = ("gold", "silver")
+
+
+def device_family(name: str) -> str:
+    """Hardware family: the device name without its batch-size suffix (``titanx_32`` -> ``titanx``)."""
+    head, _, tail = name.rpartition("_")
+    return head if tail.isdigit() and head and any(name.startswith(g) for g in _GPU) else name
+
+
+def device_class(name: str) -> str:
+    """Coarse class: ``gpu``, ``cpu`` or ``mobile``."""
+    if any(name.startswith(g) for g in _GPU):
+        return "gpu"
+    if any(name.startswith(c) for c in _CPU):
+        return "cpu"
+    return "mobile"
+
+
+def source_devices(devices: Sequence[str], held_out: str, protocol: str) -> list[str]:
+    """Source devices allowed for ``held_out`` under ``protocol`` (``lodo``/``lofo``/``loco``)."""
+    if protocol == "lodo":
+        return [d for d in devices if d != held_out]
+    if protocol == "lofo":
+        return [d for d in devices if device_family(d) != device_family(held_out)]
+    if protocol == "loco":
+        return [d for d in devices if device_class(d) != device_class(held_out)]
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Spearman, Kendall tau, median absolute percentage error (%), share (%) within ±10%."""
+    ape = np.abs(pred - y) / y
+    return {"spearman": float(spearmanr(pred, y)[0]), "kendall": float(kendalltau(pred, y)[0]),
+            "mape": float(np.median(ape) * 100), "within10": float(np.mean(ape <= 0.10) * 100)}
+
+
+# ------------------------------------------------------------------------------------------ methods
+@dataclass
+class Context:
+    """What a method may use when a device is held out: features of all archs, the sample indices and their
+    latencies, the prior built from the allowed source devices, and those devices' measured columns."""
+
+    x: np.ndarray
+    idx: np.ndarray
+    y_s: np.ndarray
+    prior: MetaPrior
+    source_latency: np.ndarray  # [n_archs, K] measured ms of the allowed source devices
+    macs: np.ndarray  # [n_archs] analytic MACs
+
+
+def method_ours(ctx: Context) -> np.ndarray:
+    """Meta-learned Gaussian prior over cost tables + closed-form few-shot posterior."""
+    return ctx.x @ ctx.prior.posterior_table(ctx.x[ctx.idx], ctx.y_s)
+
+
+def method_flops(ctx: Context) -> np.ndarray:
+    """Baseline: latency = a + b·MACs, least squares on the N samples."""
+    a = np.c_[np.ones(len(ctx.idx)), ctx.macs[ctx.idx]]
+    w, *_ = np.linalg.lstsq(a, ctx.y_s, rcond=None)
+    return w[0] + w[1] * ctx.macs
+
+
+def method_nearest(ctx: Context) -> np.ndarray:
+    """Baseline: the source device whose measured latencies on the N sample archs correlate best, scaled by
+    the least-squares ratio (uses that device's *measured* values on every arch)."""
+    src = ctx.source_latency[ctx.idx]
+    corr = [np.corrcoef(src[:, k], ctx.y_s)[0, 1] if np.std(src[:, k]) > 0 else -1 for k in range(src.shape[1])]
+    k = int(np.nanargmax(corr))
+    scale = float(src[:, k] @ ctx.y_s / (src[:, k] @ src[:, k]))
+    return scale * ctx.source_latency[:, k]
+
+
+def method_ridge(ctx: Context, alpha: float = 1.0) -> np.ndarray:
+    """Baseline: plain ridge (alpha=1, intercept unpenalised) on the layer-choice features, N samples only."""
+    xs = ctx.x[ctx.idx][:, :-1]
+    mu_x, mu_y = xs.mean(0), ctx.y_s.mean()
+    xc = xs - mu_x
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(xc.shape[1]), xc.T @ (ctx.y_s - mu_y))
+    return (ctx.x[:, :-1] - mu_x) @ w + mu_y
+
+
+METHODS: dict[str, Callable[[Context], np.ndarray]] = {
+    "ours": method_ours, "flops": method_flops, "nearest": method_nearest, "ridge": method_ridge}
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def sample_sets(n_archs: int, n: int, draws: int, seed: int = 0) -> list[np.ndarray]:
+    """``draws`` random sample-index sets of size ``n`` (seeded, reproducible)."""
+    return [np.random.default_rng(seed + r).choice(n_archs, n, replace=False) for r in range(draws)]
+
+
+def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, protocol: str = "lodo",
+             target: str = "measured", methods: Sequence[str] = ("ours",), hyper: HyperParams | None = None,
+             devices: Sequence[str] | None = None, pool: Sequence[str] | None = None,
+             reference: bool = False, seed: int = 0) -> list[dict]:
+    """Run the few-shot protocol; one row per (device, N, method, sample set kind) with mean metrics.
+
+    Args:
+        devices: held-out devices to score (default: all of the space).
+        pool: devices that may serve as sources (default: all); tuning passes the meta-train devices only.
+        reference: also score HELP's 10 fixed reference archs as the sample set (``N=10``).
+    """
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
+
+    from fitplan.predictors.latency import DEFAULT_HYPER
+
+    hyper = hyper or DEFAULT_HYPER[space]
+    ds = load_latency_dataset(space)
+    x = dataset_features(space)
+    sf = space_features(space)
+    names = list(ds.devices)
+    lat = ds.latency_ms
+    if target == "clean":
+        lat = np.stack([x @ fit_device_table(x, lat[:, j]) for j in range(lat.shape[1])], axis=1)
+    elif target != "measured":
+        raise ValueError(f"unknown target {target!r}")
+    macs = x @ sf.analytic[0]
+    pool = list(pool or names)
+    rows = []
+    for dev in devices or names:
+        j = names.index(dev)
+        src = [d for d in source_devices(pool, dev, protocol)]
+        cols = [names.index(d) for d in src]
+        prior = build_prior(space, x, lat[:, cols], src, sf.analytic, sf.groups, hyper)
+        y = lat[:, j]
+        sets: list[tuple[str, int, list[np.ndarray]]] = [("random", n, sample_sets(len(y), n, draws, seed))
+                                                        for n in n_samples]
+        if reference:
+            sets.append(("reference", len(ds.reference), [np.array(ds.reference)]))
+        for kind, n, idx_sets in sets:
+            for m in methods:
+                acc: dict[str, list[float]] = {}
+                for idx in idx_sets:
+                    mask = np.ones(len(y), dtype=bool)
+                    mask[idx] = False
+                    ctx = Context(x, idx, y[idx], prior, lat[:, cols], macs)
+                    pred = METHODS[m](ctx)
+                    for k, v in metrics(pred[mask], y[mask]).items():
+                        acc.setdefault(k, []).append(v)
+                rows.append({"space": space, "device": dev, "n": n, "samples": kind, "method": m,
+                             "protocol": protocol, "target": target, "sources": len(src),
+                             **{k: float(np.mean(v)) for k, v in acc.items()},
+                             "spearman_min_draw": float(np.min(acc["spearman"]))})
+    return rows
+
+
+def noise_ceiling(space: str, train_frac: float = 0.8) -> dict[str, float]:
+    """Spearman of each device's own additive table fitted on ``train_frac`` of its archs, scored on the rest:
+    a reference for the device's measurement noise (not a strict ceiling: a prior can denoise)."""
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
+
+    ds = load_latency_dataset(space)
+    x = dataset_features(space)
+    n_tr = int(len(x) * train_frac)
+    out = {}
+    for j, dev in enumerate(ds.devices):
+        y = ds.latency_ms[:, j]
+        c = fit_device_table(x[:n_tr], y[:n_tr])
+        out[dev] = float(spearmanr(x[n_tr:] @ c, y[n_tr:])[0])
+    return out
+
+
+__all__ = ["METHODS", "Context", "device_class", "device_family", "evaluate", "metrics", "noise_ceiling",
+           "sample_sets", "source_devices"]

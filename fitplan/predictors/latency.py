@@ -1,0 +1,457 @@
+"""Meta-learned latency predictors with few-shot calibration to new devices.
+
+:class:`LatencyPredictor` holds the meta-trained state of one space (a Gaussian prior over per-device
+layer-wise cost tables, see :mod:`fitplan.predictors.meta`). ``adapt(samples)`` turns ``N`` measured
+``(arch, ms)`` pairs of a new device into an :class:`AdaptedPredictor` in milliseconds; its state is one
+cost table (a few hundred floats), so ``predict`` is a feature lookup plus one matrix-vector product and
+``state_dict()`` fits in a hardware profile's JSON.
+
+Compression: the shipped device data are all fp32. A config with ``bits`` < 32, ``sparsity`` > 0 or
+``tokens`` is predicted only when the calibration samples contained such configs (then a per-effect
+speed-up factor on the affected MAC share is fitted); otherwise the effect is *unknown* and ``predict``
+raises :class:`~fitplan.errors.ConfigError` (``unknown="raise"``, default) or returns the fp32 prediction
+with a flag (``predict_with_flags`` / ``unknown="fp32"``) — it never invents a speed-up.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fitplan.errors import ConfigError, UnknownNameError
+from fitplan.jsonio import check_finite
+from fitplan.paths import package_data
+from fitplan.predictors.features import (
+    COMPRESSION_KEYS, FBNET_LAYERS, FBNET_OPS, OFA_BLOCKS, OFA_D, OFA_E, OFA_KS, OFA_R_RANGE, PREDICTOR_SPACES,
+    fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
+from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
+
+PRIOR_FORMAT = "fitplan.latency_prior"
+PRIOR_FORMAT_VERSION = 1
+ADAPTED_FORMAT = "fitplan.adapted_latency"
+ADAPTED_FORMAT_VERSION = 1
+#: bump when :mod:`fitplan.predictors.features` changes the feature layout (invalidates shipped state).
+FEATURE_VERSION = 1
+#: fewest fp32 calibration samples accepted (the posterior is defined for any N>=1; below 3 the scale and
+#: one shape direction are all it can learn, so we refuse rather than mislead).
+MIN_SAMPLES = 3
+
+#: Hyper-parameters chosen by random search on HELP's meta-train devices only (leave-one-device-out and
+#: leave-one-class/family-out within meta-train, measured and noise-free targets, N=10); the meta-valid
+#: devices were not used. Reproduce with ``python benchmarks/predictor_fewshot.py --tune``.
+DEFAULT_HYPER: dict[str, HyperParams] = {
+    "fbnet": HyperParams(gamma=2.07, sigma_a=0.204, sigma_b=0.108, tau=0.0237, sigma_n=0.0349),
+    "ofa_mbv3": HyperParams(gamma=0.549, sigma_a=0.0347, sigma_b=0.0435, tau=0.0554, sigma_n=0.0365),
+}
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _is_fp32(arch: Mapping[str, Any]) -> bool:
+    bits = arch.get("bits")
+    sp = arch.get("sparsity")
+    tokens = arch.get("tokens")
+    if bits is not None and any(b != 32 for b in (bits if isinstance(bits, (list, tuple)) else [bits])):
+        return False
+    if sp is not None and any(s != 0 for s in (sp if isinstance(sp, (list, tuple)) else [sp])):
+        return False
+    if tokens is not None and any(t != 1 for t in (tokens if isinstance(tokens, (list, tuple)) else [tokens])):
+        return False
+    return True
+
+
+def _arch_key(space: str, arch: Mapping[str, Any]) -> str:
+    return json.dumps({k: arch[k] for k in sorted(arch) if k != "arch_str"}, sort_keys=True)
+
+
+def parse_samples(space: str, samples: Any) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Validate calibration samples: ``[{"arch": <arch>, "latency_ms": float}, ...]`` or ``{"samples": [...]}``.
+
+    Raises :class:`ConfigError` naming the offending field (``samples.3.latency_ms``) for a wrong arch
+    format, a non-finite / non-positive latency, duplicate archs or too few samples.
+    """
+    if isinstance(samples, Mapping):
+        if "samples" not in samples:
+            raise ConfigError("samples", "expected a list of samples or {\"samples\": [...]}")
+        samples = samples["samples"]
+    if not isinstance(samples, (list, tuple)):
+        raise ConfigError("samples", f"expected a list of {{'arch', 'latency_ms'}} objects, got "
+                                     f"{type(samples).__name__}")
+    archs, ys, seen = [], [], {}
+    for i, s in enumerate(samples):
+        f = f"samples.{i}"
+        if not isinstance(s, Mapping):
+            raise ConfigError(f, f"expected an object with 'arch' and 'latency_ms', got {type(s).__name__}")
+        arch = s.get("arch", s.get("config"))
+        if arch is None:
+            raise ConfigError(f"{f}.arch", "missing key")
+        if "latency_ms" not in s:
+            raise ConfigError(f"{f}.latency_ms", "missing key")
+        y = check_finite(f"{f}.latency_ms", s["latency_ms"], positive=True)
+        a = validate_arch(space, arch, f"{f}.arch")
+        key = _arch_key(space, a)
+        if key in seen:
+            raise ConfigError(f"{f}.arch", f"duplicate of samples.{seen[key]}.arch (average repeated "
+                                           "measurements into one sample)")
+        seen[key] = i
+        archs.append(a)
+        ys.append(y)
+    n32 = sum(_is_fp32(a) for a in archs)
+    if n32 < MIN_SAMPLES:
+        raise ConfigError("samples", f"need at least {MIN_SAMPLES} samples of uncompressed (fp32) archs, got "
+                                     f"{n32} (10 or more recommended)")
+    return archs, np.asarray(ys, dtype=np.float64)
+
+
+def _fast_features(space: str, configs: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """Vectorised featurisation when every config is well-formed; ``None`` -> use the checked slow path."""
+    try:
+        if space == "fbnet":
+            if not all("op_idx_list" in c for c in configs):
+                return None
+            op = np.array([c["op_idx_list"] for c in configs])
+            if op.ndim != 2 or op.shape[1] != FBNET_LAYERS or op.dtype.kind not in "iu" \
+                    or op.min() < 0 or op.max() >= len(FBNET_OPS):
+                return None
+            for c in configs:
+                if "arch_str" in c and [FBNET_OPS[j] for j in c["op_idx_list"]] != list(c["arch_str"]):
+                    return None
+            return fbnet_arrays_features(op)
+        ks = np.array([c["ks"] for c in configs])
+        e = np.array([c["e"] for c in configs])
+        d = np.array([c["d"] for c in configs])
+        r = np.array([c["r"] for c in configs])
+        if ks.shape != (len(configs), OFA_BLOCKS) or e.shape != ks.shape or d.shape != (len(configs), 5) \
+                or r.shape != (len(configs),) or any(a.dtype.kind not in "iu" for a in (ks, e, d, r)):
+            return None
+        if not (np.isin(ks, OFA_KS).all() and np.isin(e, OFA_E).all() and np.isin(d, OFA_D).all()
+                and (r >= OFA_R_RANGE[0]).all() and (r <= OFA_R_RANGE[1]).all()):
+            return None
+        if any(k not in ("ks", "e", "d", "r", *COMPRESSION_KEYS) for c in configs for k in c):
+            return None
+        return ofa_arrays_features(ks, e, d, r)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _unit_macs(space: str, key: str) -> tuple[float, ...] | None:
+    """Per-unit MACs of an arch from the registered space (cached; ``None`` when unavailable)."""
+    try:
+        from fitplan.search_spaces import create_space
+
+        sp = create_space(space)
+        cfg = sp.validate({k: v for k, v in json.loads(key).items() if k not in COMPRESSION_KEYS})
+        return tuple(float(u.macs) for u in sp.unit_costs(cfg))
+    except Exception:  # the space module is optional for prediction; fall back to uniform unit weights
+        return None
+
+
+def compression_shares(space: str, config: Mapping[str, Any], weights: bool = True) -> dict[str, float]:
+    """MAC-weighted share of the network each compression effect touches, e.g. ``{"bits=8": 0.6}``.
+
+    Effects: ``bits=<b>`` for b < 32, ``sparsity:<pattern>`` (share x sparsity ratio), ``tokens``. Units are
+    weighted by their MACs from ``space.unit_costs`` when the space is registered (``weights=True``), else
+    uniformly.
+    """
+    out: dict[str, float] = {}
+    bits, sp = config.get("bits"), config.get("sparsity")
+    n = len(bits) if isinstance(bits, (list, tuple)) else len(sp) if isinstance(sp, (list, tuple)) else 0
+    w = None
+    if n and not weights:
+        w = np.full(n, 1.0 / n)
+    elif n:
+        macs = _unit_macs(space, _arch_key(space, {k: v for k, v in config.items() if k not in COMPRESSION_KEYS}))
+        w = np.asarray(macs if macs is not None and len(macs) == n else [1.0] * n)
+        w = w / max(w.sum(), 1e-12)
+    if isinstance(bits, (list, tuple)):
+        for b in sorted(set(bits)):
+            if b != 32:
+                out[f"bits={b}"] = float(sum(wi for wi, bi in zip(w, bits) if bi == b))
+    elif bits is not None and bits != 32:
+        out[f"bits={bits}"] = 1.0
+    pattern = config.get("sparsity_pattern", "unstructured")
+    if isinstance(sp, (list, tuple)):
+        share = float(sum(wi * float(si) for wi, si in zip(w, sp)))
+        if share > 0:
+            out[f"sparsity:{pattern}"] = share
+    elif sp:
+        out[f"sparsity:{pattern}"] = float(sp)
+    tokens = config.get("tokens")
+    if tokens is not None and _is_fp32({"tokens": tokens}) is False:
+        out["tokens"] = 1.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ adapted
+@dataclass
+class AdaptedPredictor:
+    """A latency predictor for one device: ``lat(cfg) = φ(cfg)·table`` ms, times compression factors.
+
+    Attributes:
+        space: space name.
+        table: cost table in ms over the space's features.
+        device: device name (free text).
+        n_samples: calibration samples used (0 = unknown).
+        effects: learned speed-up per compression effect (``{"bits=8": 0.35}`` means int8 units run
+            1/(1-0.35*share)... precisely: ``lat = fp32_lat * (1 - Σ factor * share)``).
+        provenance: how the table was obtained (method, source devices, sample count, fit error).
+    """
+
+    space: str
+    table: np.ndarray
+    device: str = "unknown"
+    n_samples: int = 0
+    effects: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def features(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Feature matrix of configs (vectorised fast path; the checked path names the bad field)."""
+        x = _fast_features(self.space, configs) if configs else None
+        return x if x is not None else featurize(self.space, configs)
+
+    def predict_with_flags(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any]
+                           ) -> tuple[np.ndarray, list[list[str]]]:
+        """Predicted ms for each config, and per config the effects this device has no data on (their
+        speed-up is *not* applied: the value is the fp32 prediction)."""
+        if isinstance(configs, Mapping):
+            configs = [configs]
+        configs = list(configs)
+        ms = self.features(configs) @ self.table
+        flags: list[list[str]] = [[] for _ in configs]
+        for i, c in enumerate(configs):
+            if _is_fp32(c):
+                continue
+            if not self.effects:  # nothing learned: flag the effects without computing their shares
+                flags[i] = sorted(compression_shares(self.space, c, weights=False))
+                continue
+            factor = 1.0
+            for eff, share in compression_shares(self.space, c).items():
+                if eff in self.effects:
+                    factor -= self.effects[eff] * share
+                else:
+                    flags[i].append(eff)
+            ms[i] *= max(factor, 0.05)
+        return ms, flags
+
+    def predict(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any], unknown: str = "raise"
+                ) -> np.ndarray:
+        """Predicted milliseconds, shape ``[len(configs)]`` (a single dict gives shape ``[1]``).
+
+        ``unknown``: ``"raise"`` (default) raises :class:`ConfigError` if a config uses a compression effect
+        this device has no latency data on; ``"fp32"`` returns the uncompressed prediction instead.
+        """
+        if unknown not in ("raise", "fp32"):
+            raise ConfigError("unknown", f"invalid value {unknown!r}", ["raise", "fp32"])
+        ms, flags = self.predict_with_flags(configs)
+        if unknown == "raise":
+            for i, f in enumerate(flags):
+                if f:
+                    key = f[0].split("=")[0].split(":")[0]
+                    raise ConfigError(f"configs.{i}.{key}",
+                                      f"no {f[0]} latency data for device {self.device!r}: the speed-up is "
+                                      "unknown (calibrate with samples that use it, or pass unknown='fp32' "
+                                      "for the uncompressed prediction)")
+        return ms
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted ms from a precomputed feature matrix (fp32 configs)."""
+        return np.asarray(x) @ self.table
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (stored under ``profile.predictors[space]``)."""
+        return {"format": ADAPTED_FORMAT, "format_version": ADAPTED_FORMAT_VERSION,
+                "feature_version": FEATURE_VERSION, "space": self.space, "device": self.device,
+                "n_samples": self.n_samples, "table": [float(v) for v in self.table],
+                "effects": dict(self.effects), "provenance": self.provenance,
+                "note": "predicted latency in ms, batch as measured by the calibration samples"}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "AdaptedPredictor":
+        """Rebuild from :meth:`state_dict` output; :class:`ConfigError` on a foreign or stale state."""
+        if not isinstance(state, Mapping) or state.get("format") != ADAPTED_FORMAT:
+            raise ConfigError("format", "not a fitplan adapted latency-predictor state", [ADAPTED_FORMAT])
+        if state.get("format_version") != ADAPTED_FORMAT_VERSION:
+            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r}",
+                              [ADAPTED_FORMAT_VERSION])
+        space = state.get("space")
+        if space not in PREDICTOR_SPACES:
+            raise ConfigError("space", f"unsupported space {space!r}", PREDICTOR_SPACES)
+        if state.get("feature_version") != FEATURE_VERSION:
+            raise ConfigError("feature_version", f"state was made with feature layout "
+                              f"{state.get('feature_version')!r}; recalibrate", [FEATURE_VERSION])
+        table = np.asarray(state.get("table"), dtype=np.float64)
+        if table.shape != (space_features(space).n_features,) or not np.isfinite(table).all():
+            raise ConfigError("table", f"expected {space_features(space).n_features} finite floats")
+        return cls(space=space, table=table, device=str(state.get("device", "unknown")),
+                   n_samples=int(state.get("n_samples", 0)),
+                   effects={str(k): float(v) for k, v in dict(state.get("effects", {})).items()},
+                   provenance=dict(state.get("provenance", {})))
+
+
+# ------------------------------------------------------------------------------------------ meta-trained
+class LatencyPredictor:
+    """Meta-trained latency predictor of one space; :meth:`adapt` calibrates it to a device.
+
+    Get the shipped one with :meth:`for_space` (``LatencyPredictor.for_space("fbnet")``); rebuild with
+    :meth:`meta_train` (deterministic, < 1 s from the shipped latency data).
+    """
+
+    def __init__(self, prior: MetaPrior):
+        self.prior = prior
+        self.space = prior.space
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def meta_train(cls, space: str, devices: Sequence[str] | None = None,
+                   hyper: HyperParams | None = None) -> "LatencyPredictor":
+        """Fit the prior on the shipped measured devices of ``space`` (all of them by default)."""
+        from fitplan.hw_profiles.latency_data import load_latency_dataset
+
+        if space not in PREDICTOR_SPACES:
+            raise UnknownNameError("latency-predictor space", space, PREDICTOR_SPACES)
+        ds = load_latency_dataset(space)
+        devices = list(devices or ds.devices)
+        x = _dataset_x(space)
+        lat = np.stack([ds.device(d) for d in devices], axis=1)
+        sf = space_features(space)
+        return cls(build_prior(space, x, lat, devices, sf.analytic, sf.groups, hyper or DEFAULT_HYPER[space]))
+
+    @classmethod
+    def for_space(cls, space: str) -> "LatencyPredictor":
+        """The shipped meta-trained predictor (``fitplan/predictors/data``); rebuilt in memory when the file
+        is missing or stale."""
+        return _shipped(space)
+
+    # -------------------------------------------------------------- adaptation
+    def adapt(self, samples: Any, device: str = "unknown") -> AdaptedPredictor:
+        """Calibrate to a device from measured samples (``[{"arch", "latency_ms"}]``); milliseconds of CPU.
+
+        fp32 samples give the cost table (Bayesian posterior under the meta-learned prior); samples with
+        compression (bits < 32, sparsity > 0) then give one speed-up factor per effect.
+        """
+        archs, y = parse_samples(self.space, samples)
+        fp = np.array([_is_fp32(a) for a in archs])
+        x = featurize(self.space, archs, validate=False)
+        table = self.prior.posterior_table(x[fp], y[fp])
+        pred = x @ table
+        effects: dict[str, float] = {}
+        if (~fp).any():
+            shares = [compression_shares(self.space, a) for a, f in zip(archs, fp) if not f]
+            names = sorted({k for s in shares for k in s})
+            a_mat = np.array([[s.get(k, 0.0) for k in names] for s in shares])
+            rel = 1.0 - y[~fp] / pred[~fp]
+            coef, *_ = np.linalg.lstsq(a_mat, rel, rcond=None)
+            effects = {k: float(np.clip(c, -2.0, 0.95)) for k, c in zip(names, coef)}
+        ape = np.abs(pred[fp] - y[fp]) / y[fp]
+        prov = {"method": "meta-learned Gaussian prior over layer-wise cost tables, Bayesian few-shot posterior",
+                "space": self.space, "source_devices": list(self.prior.devices), "n_fp32_samples": int(fp.sum()),
+                "n_compressed_samples": int((~fp).sum()), "hyper": self.prior.hyper.to_dict(),
+                "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
+        return AdaptedPredictor(self.space, table, device, len(archs), effects, prov)
+
+    # -------------------------------------------------------------- state
+    def save(self, path: str | Path) -> None:
+        """Write the prior as safetensors (arrays) with JSON metadata (format, versions, devices, hyper)."""
+        from safetensors.numpy import save_file
+
+        p = self.prior
+        meta = {"format": PRIOR_FORMAT, "format_version": str(PRIOR_FORMAT_VERSION),
+                "feature_version": str(FEATURE_VERSION), "space": p.space, "devices": json.dumps(list(p.devices)),
+                "hyper": json.dumps(p.hyper.to_dict())}
+        arrays = {"pool_mean": p.pool_mean, "mean": p.mean, "source_factors": p.source_factors,
+                  "analytic": p.analytic, "scale_diag": p.scale_diag, "groups": p.groups}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}, str(path), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyPredictor":
+        """Read a file written by :meth:`save`; :class:`ConfigError` on a foreign or stale file."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError("path", f"file not found: {path}")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+            raise ConfigError("path", f"{path} is not a safetensors file ({e})") from None
+        if meta.get("format") != PRIOR_FORMAT:
+            raise ConfigError("format", f"{path} is not a fitplan latency prior", [PRIOR_FORMAT])
+        if meta.get("format_version") != str(PRIOR_FORMAT_VERSION):
+            raise ConfigError("format_version", f"unsupported version {meta.get('format_version')!r}",
+                              [PRIOR_FORMAT_VERSION])
+        if meta.get("feature_version") != str(FEATURE_VERSION):
+            raise ConfigError("feature_version", f"{path} was built for feature layout "
+                              f"{meta.get('feature_version')!r}", [FEATURE_VERSION])
+        prior = MetaPrior(space=meta["space"], pool_mean=arrays["pool_mean"], mean=arrays["mean"],
+                          source_factors=arrays["source_factors"], analytic=arrays["analytic"],
+                          scale_diag=arrays["scale_diag"], devices=tuple(json.loads(meta["devices"])),
+                          groups=arrays["groups"], hyper=HyperParams(**json.loads(meta["hyper"])))
+        return cls(prior)
+
+
+def shipped_prior_path(space: str) -> Path:
+    return package_data("predictors", "data", f"{space}_latency_prior.safetensors")
+
+
+@lru_cache(maxsize=None)
+def _dataset_x(space: str) -> np.ndarray:
+    from fitplan.predictors.features import dataset_features
+
+    return dataset_features(space)
+
+
+@lru_cache(maxsize=None)
+def _shipped(space: str) -> LatencyPredictor:
+    if space not in PREDICTOR_SPACES:
+        raise UnknownNameError("latency-predictor space", space, PREDICTOR_SPACES)
+    path = shipped_prior_path(space)
+    if path.exists():
+        try:
+            return LatencyPredictor.load(path)
+        except ConfigError:
+            pass  # stale file (feature layout changed): rebuild deterministically below
+    return LatencyPredictor.meta_train(space)
+
+
+@lru_cache(maxsize=None)
+def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
+    """Predictor of a built-in device: its table fitted directly on all of its measured archs."""
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
+
+    if space not in PREDICTOR_SPACES:
+        raise UnknownNameError("latency-predictor space", space, PREDICTOR_SPACES)
+    ds = load_latency_dataset(space)
+    y = ds.device(device_name)
+    x = _dataset_x(space)
+    table = fit_device_table(x, y)
+    ape = np.abs(x @ table - y) / y
+    return AdaptedPredictor(space, table, device_name, len(y), {}, {
+        "method": "layer-wise cost table fitted on all measured archs (relative-error ridge)",
+        "data": f"{ds.source}; device {device_name}, batch {ds.batch_size(device_name)}",
+        "in_sample_median_ape_pct": float(np.median(ape) * 100)})
+
+
+# ------------------------------------------------------------------------------------------ profiles
+def calibrate_profile(profile: Any, samples: Any, space: str) -> dict[str, Any]:
+    """Adapt the shipped predictor of ``space`` to ``profile``'s samples; returns the JSON-able state to
+    store under ``profile.predictors[space]`` (the caller stores it)."""
+    name = str(getattr(profile, "name", profile))
+    return LatencyPredictor.for_space(space).adapt(samples, device=name).state_dict()
+
+
+def load_profile_predictor(state: Mapping[str, Any]) -> AdaptedPredictor:
+    """The :class:`AdaptedPredictor` stored by :func:`calibrate_profile`."""
+    return AdaptedPredictor.from_state(state)
+
+
+__all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "DEFAULT_HYPER", "LatencyPredictor", "MIN_SAMPLES",
+           "calibrate_profile", "compression_shares", "load_profile_predictor", "parse_samples",
+           "predictor_for_device", "shipped_prior_path"]

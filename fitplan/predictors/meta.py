@@ -1,0 +1,157 @@
+"""Meta-learned Gaussian prior over per-device latency cost tables, and its few-shot posterior.
+
+Model. A device is a cost table ``c`` over the layer-choice features of :mod:`fitplan.predictors.features`:
+``lat(a) ≈ s · φ(a)·c`` where ``s`` is the device's scale (ms) and ``c`` is normalised so that the mean
+prediction over the space's reference pool of architectures is 1. Across devices, normalised tables are
+modelled as Gaussian::
+
+    c ~ N(μ, Σ),   Σ = γ² · Cov(source tables) + σ_a² · A Aᵀ + σ_b² · e eᵀ + τ² · diag(d²)
+
+* ``μ``, ``Cov`` — mean and covariance of the source devices' normalised tables (each fitted on that device's
+  5000 measured archs, relative-error ridge). This is what is *meta-learned* from the source devices.
+* ``A`` — analytic cost tables (MACs, depthwise MACs, params, activation traffic, kernel launches), so that
+  devices unlike every source device (ASIC/FPGA simulators, edge TPUs) stay expressible.
+* ``e`` — the constant feature (fixed per-inference overhead); ``d`` — typical magnitude per feature, giving a
+  free per-layer residual correction when the samples ask for it. ``G`` — per-layer / per-op group
+  directions (tuned to σ_g = 0: with 10 samples they cost more than they help; kept for larger N).
+* ``γ, σ_a, σ_b, τ`` and the relative noise ``σ_n`` are hyper-parameters chosen on meta-validation devices
+  (``benchmarks/predictor_fewshot.py --tune``), not on the devices that are reported as held out.
+
+Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
+milliseconds and the result is again a plain table: prediction is one matrix-vector product.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from fitplan.predictors.features import ANALYTIC_NAMES
+
+
+@dataclass
+class HyperParams:
+    """Prior/noise scales (see module docstring). Defaults are the values tuned on meta-valid devices."""
+
+    gamma: float = 1.0
+    sigma_a: float = 0.3
+    sigma_b: float = 0.3
+    tau: float = 0.1
+    sigma_n: float = 0.03
+    sigma_g: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"gamma": self.gamma, "sigma_a": self.sigma_a, "sigma_b": self.sigma_b, "tau": self.tau,
+                "sigma_n": self.sigma_n, "sigma_g": self.sigma_g}
+
+
+def fit_device_table(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """Cost table of one device from many measured archs: ridge regression weighted by ``1/y²`` (relative
+    error, so that fast archs count as much as slow ones), ``ridge`` relative to the mean feature energy."""
+    w = 1.0 / np.asarray(y, dtype=np.float64)
+    xw = x * w[:, None]
+    g = xw.T @ xw
+    lam = ridge * np.trace(g) / g.shape[0]
+    return np.linalg.solve(g + lam * np.eye(g.shape[0]), xw.T @ (y * w))
+
+
+@dataclass
+class MetaPrior:
+    """The meta-trained state of one space: Gaussian prior over normalised device tables.
+
+    Attributes:
+        space: space name.
+        pool_mean: mean feature vector of the reference pool (normalises tables: ``pool_mean·c = 1``).
+        mean: prior mean table ``μ`` [F].
+        source_factors: ``[F, K]`` centred normalised source tables divided by ``sqrt(K-1)`` (``Cov = S Sᵀ``).
+        analytic: ``[F, len(ANALYTIC_NAMES)]`` normalised analytic tables.
+        scale_diag: ``d`` [F], typical per-feature magnitude.
+        devices: names of the source devices.
+        hyper: hyper-parameters.
+    """
+
+    space: str
+    pool_mean: np.ndarray
+    mean: np.ndarray
+    source_factors: np.ndarray
+    analytic: np.ndarray
+    scale_diag: np.ndarray
+    devices: tuple[str, ...]
+    groups: np.ndarray  # [F, G] group directions, already scaled by the typical per-feature magnitude
+    hyper: HyperParams = field(default_factory=HyperParams)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mean.shape[0])
+
+    def factors(self, hyper: HyperParams | None = None) -> np.ndarray:
+        """Low-rank factor ``U`` with ``Σ = U Uᵀ + τ² diag(d²)``."""
+        h = hyper or self.hyper
+        const = np.zeros((self.n_features, 1))
+        const[-1, 0] = 1.0
+        return np.concatenate([h.gamma * self.source_factors, h.sigma_a * self.analytic, h.sigma_b * const,
+                               h.sigma_g * self.groups], 1)
+
+    def _solve(self, x: np.ndarray, t: np.ndarray, h: HyperParams) -> tuple[np.ndarray, float]:
+        """Posterior-mean normalised table and log marginal likelihood of normalised targets ``t``."""
+        u = self.factors(h)
+        xu = x @ u  # [N, R]
+        dd = (h.tau * self.scale_diag) ** 2
+        k = xu @ xu.T + (x * dd) @ x.T + (h.sigma_n ** 2) * np.diag(t ** 2) + 1e-12 * np.eye(len(t))
+        resid = t - x @ self.mean
+        chol = np.linalg.cholesky(k)
+        z = np.linalg.solve(chol, resid)
+        alpha = np.linalg.solve(chol.T, z)
+        table = self.mean + u @ (xu.T @ alpha) + dd * (x.T @ alpha)
+        loglik = -0.5 * float(z @ z) - float(np.sum(np.log(np.diag(chol))))
+        return table, loglik
+
+    def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
+                        grid: Sequence[HyperParams] | None = None) -> np.ndarray:
+        """Posterior-mean table in milliseconds from ``N`` measured samples (features ``x [N,F]``, ``y`` ms).
+
+        The device scale is the geometric mean of ``y``; targets are divided by it so that the prior applies.
+        With ``grid``, the hyper-parameters of this device are chosen among ``grid`` by marginal likelihood
+        (empirical Bayes: a device unlike the sources asks for a wider prior on its own).
+        """
+        y = np.asarray(y, dtype=np.float64)
+        s = float(np.exp(np.mean(np.log(y))))
+        t = y / s
+        if grid:
+            best = max((self._solve(x, t, h) for h in grid), key=lambda r: r[1])
+            return best[0] * s
+        return self._solve(x, t, hyper or self.hyper)[0] * s
+
+
+def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequence[str], analytic: np.ndarray,
+                groups: np.ndarray, hyper: HyperParams | None = None) -> MetaPrior:
+    """Meta-train: fit each source device's table on its measured archs and form the Gaussian prior.
+
+    Args:
+        x: ``[n_archs, F]`` features of the measured archs (also the reference pool).
+        latency: ``[n_archs, K]`` ms, one column per device in ``devices``.
+        analytic: ``[len(ANALYTIC_NAMES), F]`` analytic cost tables.
+        groups: ``[F, G]`` 0/1 group indicators (see :func:`fitplan.predictors.features.space_features`).
+    """
+    pool_mean = x.mean(axis=0)
+    tables = []
+    for j in range(latency.shape[1]):
+        c = fit_device_table(x, latency[:, j])
+        tables.append(c / float(pool_mean @ c))
+    tabs = np.stack(tables, axis=1)  # [F, K]
+    mean = tabs.mean(axis=1)
+    k = tabs.shape[1]
+    src = (tabs - mean[:, None]) / np.sqrt(max(k - 1, 1))
+    an = []
+    for row in analytic:
+        tot = float(pool_mean @ row)
+        an.append(row / tot if tot > 0 else row)
+    an_m = np.stack(an, axis=1) if an else np.zeros((x.shape[1], 0))
+    scale = np.abs(tabs).mean(axis=1) + 0.1 * np.abs(an_m).mean(axis=1) + 1e-6
+    return MetaPrior(space=space, pool_mean=pool_mean, mean=mean, source_factors=src, analytic=an_m,
+                     scale_diag=scale, devices=tuple(devices), groups=groups * scale[:, None],
+                     hyper=hyper or HyperParams())
+
+
+__all__ = ["ANALYTIC_NAMES", "HyperParams", "MetaPrior", "build_prior", "fit_device_table"]

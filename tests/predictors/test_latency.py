@@ -1,0 +1,141 @@
+"""Latency predictor: held-out-device accuracy, adapt/predict speed, state round-trips, compression flags."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from fitplan.errors import ConfigError
+from fitplan.hw_profiles.latency_data import load_latency_dataset
+from fitplan.predictors import (AdaptedPredictor, LatencyPredictor, calibrate_profile, load_profile_predictor,
+                                predictor_for_device)
+from fitplan.predictors.latency import shipped_prior_path
+
+
+def _samples(space: str, device: str, n: int = 10, seed: int = 0):
+    ds = load_latency_dataset(space)
+    y = ds.device(device)
+    idx = np.random.default_rng(seed).choice(len(y), n, replace=False)
+    return [{"arch": ds.arch(int(i)), "latency_ms": float(y[i])} for i in idx], idx
+
+
+@pytest.mark.parametrize("space,device", [("fbnet", "pixel3"), ("ofa_mbv3", "v100_64")])
+def test_held_out_device_spearman(space, device):
+    ds = load_latency_dataset(space)
+    others = [d for d in ds.devices if d != device]
+    pred = LatencyPredictor.meta_train(space, devices=others)  # the held-out device is not in the prior
+    samples, idx = _samples(space, device)
+    ad = pred.adapt(samples, device=device)
+    rest = np.setdiff1d(np.arange(len(ds)), idx)[:1500]
+    p = ad.predict([ds.arch(int(i)) for i in rest])
+    y = ds.device(device)[rest]
+    assert spearmanr(p, y)[0] > 0.9
+    assert np.median(np.abs(p - y) / y) < 0.05
+
+
+def test_adapt_and_predict_speed():
+    ds = load_latency_dataset("ofa_mbv3")
+    pred = LatencyPredictor.for_space("ofa_mbv3")
+    samples, _ = _samples("ofa_mbv3", "titan_rtx_32")
+    t = time.perf_counter()
+    ad = pred.adapt(samples)
+    assert time.perf_counter() - t < 2.0
+    archs = ds.archs()[:1000]
+    ad.predict(archs)
+    t = time.perf_counter()
+    out = ad.predict(archs)
+    assert out.shape == (1000,) and np.isfinite(out).all()
+    assert time.perf_counter() - t < 0.1
+
+
+def test_state_round_trip(tmp_path: Path):
+    ds = load_latency_dataset("fbnet")
+    samples, _ = _samples("fbnet", "gold_6240")
+    ad = LatencyPredictor.for_space("fbnet").adapt(samples, device="gold")
+    state = json.loads(json.dumps(ad.state_dict()))
+    back = AdaptedPredictor.from_state(state)
+    archs = ds.archs()[:50]
+    assert np.array_equal(ad.predict(archs), back.predict(archs))
+    # the meta-trained prior round-trips through safetensors
+    p = LatencyPredictor.meta_train("fbnet", devices=["pixel3", "gold_6240", "titanx_1"])
+    p.save(tmp_path / "prior.safetensors")
+    q = LatencyPredictor.load(tmp_path / "prior.safetensors")
+    assert np.array_equal(p.adapt(samples).table, q.adapt(samples).table)
+    with pytest.raises(ConfigError, match="format"):
+        AdaptedPredictor.from_state({"format": "other"})
+
+
+def test_shipped_prior_matches_rebuild():
+    shipped = LatencyPredictor.load(shipped_prior_path("fbnet"))
+    rebuilt = LatencyPredictor.meta_train("fbnet")
+    np.testing.assert_allclose(shipped.prior.mean, rebuilt.prior.mean, rtol=1e-9, atol=1e-12)
+
+
+def test_no_pickle_in_package_state():
+    root = Path(__file__).resolve().parents[2] / "fitplan" / "predictors"
+    assert not [p for p in root.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt")]
+    for p in root.glob("*.py"):
+        text = p.read_text()
+        assert "import pickle" not in text and "allow_pickle=True" not in text
+
+
+def test_calibrate_profile_and_builtin_device():
+    class Prof:
+        name = "my-phone"
+
+    samples, _ = _samples("fbnet", "samsung_a50")
+    state = calibrate_profile(Prof(), {"samples": samples}, "fbnet")
+    json.dumps(state)
+    ad = load_profile_predictor(state)
+    assert ad.device == "my-phone" and ad.n_samples == 10
+    b = predictor_for_device("fbnet", "pixel3")
+    ds = load_latency_dataset("fbnet")
+    p = b.predict(ds.archs()[:500])
+    assert spearmanr(p, ds.device("pixel3")[:500])[0] > 0.99
+
+
+def test_compression_unknown_is_flagged_not_invented():
+    ds = load_latency_dataset("fbnet")
+    samples, _ = _samples("fbnet", "pixel3")
+    ad = LatencyPredictor.for_space("fbnet").adapt(samples, device="pixel3")
+    cfg = dict(ds.arch(0), bits=[8] * 25)
+    with pytest.raises(ConfigError, match="no bits=8 latency data"):
+        ad.predict([cfg])
+    ms, flags = ad.predict_with_flags([cfg])
+    assert flags == [["bits=8"]] and ms[0] == pytest.approx(ad.predict([ds.arch(0)])[0])
+    # calibration samples with int8 measurements teach a speed-up factor
+    q = [{"arch": dict(s["arch"], bits=[8] * 25), "latency_ms": s["latency_ms"] * 0.6} for s in samples[:5]]
+    ad8 = LatencyPredictor.for_space("fbnet").adapt(samples + q, device="pixel3")
+    assert 0.2 < ad8.effects["bits=8"] < 0.6
+    assert ad8.predict([cfg])[0] < ad8.predict([ds.arch(0)])[0]
+
+
+@pytest.mark.parametrize("bad,field", [
+    ([{"arch": {"op_idx_list": [0] * 21}, "latency_ms": 1.0}], "samples.0.arch.op_idx_list"),
+    ([{"arch": {"op_idx_list": [9] + [0] * 21}, "latency_ms": 1.0}], "samples.0.arch.op_idx_list.0"),
+    ([{"arch": {"op_idx_list": [0] * 22}, "latency_ms": float("nan")}], "samples.0.latency_ms"),
+    ([{"arch": {"op_idx_list": [0] * 22}, "latency_ms": -1.0}], "samples.0.latency_ms"),
+    ([{"arch": {"op_idx_list": [0] * 22}, "latency_ms": 0}], "samples.0.latency_ms"),
+    ([{"arch": {"op_idx_list": [0] * 22}, "latency_ms": 1.0}] * 4, "samples.1.arch"),
+    ([{"arch": {"op_idx_list": [i] * 22}, "latency_ms": 1.0} for i in range(2)], "samples"),
+])
+def test_bad_samples_name_the_field(bad, field):
+    with pytest.raises(ConfigError) as e:
+        LatencyPredictor.for_space("fbnet").adapt(bad)
+    assert e.value.field == field
+
+
+def test_ofa_arch_validation():
+    from fitplan.predictors.features import validate_arch
+
+    ok = {"ks": [3] * 20, "e": [4] * 20, "d": [2] * 5, "r": 160}
+    assert validate_arch("ofa_mbv3", ok)["r"] == 160
+    for key, val, field in [("ks", [4] * 20, "arch.ks.0"), ("d", [2] * 4, "arch.d"), ("r", 300, "arch.r"),
+                            ("e", [3] * 19 + [5], "arch.e.19")]:
+        with pytest.raises(ConfigError) as e:
+            validate_arch("ofa_mbv3", dict(ok, **{key: val}))
+        assert e.value.field == field
