@@ -1,0 +1,295 @@
+"""Plan quality: search efficiency (hypervolume, trials/s) and budgets met on this CPU.
+
+Part ``search`` (predictors only, seconds):
+  * predicted-front hypervolume of fitplan's searches (vectorised NSGA-II ``evolve``, Optuna NSGA-II
+    ask/tell) vs random search and an OFA-style constrained evolutionary search (Cai et al. 2020:
+    population 100, top 25 % parents, half mutation (p = 0.1 per gene) / half crossover, maximise accuracy
+    s.t. latency <= budget) at equal numbers of predictor evaluations, over seeds. HV is computed on
+    (accuracy up, latency down) over all *feasible* evaluated configs, reference point (accuracy of the
+    smallest subnet - 0.01, latency budget). Spaces/devices: fbnet on pixel3, ofa_mbv3 on 2080ti_1 (shipped
+    HELP data), budget = 60 % of the largest subnet's predicted latency.
+  * throughput: predictor evaluations per second of ``evolve`` for 10 000 trials, and of Optuna ask/tell.
+
+Part ``budgets`` (real training + measurement, minutes): the small ofa_mbv3 variant on MNIST-5k, supernet
+trained once; for 5 latency budgets (fractions of the largest subnet's measured latency) the planner picks,
+verifies, fine-tunes and exports a subnet; reported: measured latency <= budget (x / 5), measured test
+accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
+resolution: the largest uniform config whose measured latency is <= the plan's measured latency), fine-tuned
+identically.
+
+    python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
+
+Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
+(the analytic proxy unless fitplan.predictors supplies a predictor): the table says which.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------- search part
+def ofa_evolution(problem, n_evals: int, seed: int, pop: int = 100, parent_ratio: float = 0.25,
+                  mutation_ratio: float = 0.5, p_mut: float = 0.1):
+    """OFA's evolutionary search (constrained, single objective) on genotypes; returns (values, cons)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray([len(g.choices) for g in problem.genes])
+    vals, cons, evals = [], [], 0
+
+    def score(geno):
+        nonlocal evals
+        _, v, c = problem.score(problem.decode_genotypes(geno))
+        vals.append(v)
+        cons.append(c)
+        evals += len(geno)
+        return v, c
+
+    population = np.zeros((0, len(sizes)), dtype=np.int64)
+    pv = np.zeros((0, len(problem.objectives)))
+    while len(population) < pop and evals < n_evals:
+        g = problem.random_genotypes(pop, rng)
+        v, c = score(g)
+        ok = (c <= 0).all(axis=1)
+        population = np.concatenate([population, g[ok]])[:pop]
+        pv = np.concatenate([pv, v[ok]])[:pop]
+    n_par = max(2, int(parent_ratio * pop))
+    while evals < n_evals and len(population) >= 2:
+        order = np.argsort(-pv[:, 0], kind="stable")[:n_par]
+        parents, par_v = population[order], pv[order]
+        n_mut = int(mutation_ratio * pop)
+        k = min(pop - n_par, n_evals - evals)
+        idx = rng.integers(len(parents), size=(k, 2))
+        child = parents[idx[:, 0]].copy()
+        mut_rows = np.arange(k) < n_mut
+        mutate = (rng.random(child.shape) < p_mut) & mut_rows[:, None]
+        child = np.where(mutate, (rng.random(child.shape) * sizes).astype(np.int64), child)
+        cross = (rng.random(child.shape) < 0.5) & ~mut_rows[:, None]
+        child = np.where(cross, parents[idx[:, 1]], child)
+        v, c = score(child)
+        ok = (c <= 0).all(axis=1)
+        population = np.concatenate([parents, child[ok]])
+        pv = np.concatenate([par_v, v[ok]])
+    return np.concatenate(vals), np.concatenate(cons)
+
+
+def feasible_hv(problem, values, cons, ref) -> float:
+    from fitplan.planner.search import hypervolume_2d
+
+    ok = (cons <= 0).all(axis=1)
+    pts = np.stack([-values[ok, 0], values[ok, 1]], axis=1)
+    return hypervolume_2d(pts, ref)
+
+
+def search_part(quick: bool, out: Path) -> dict:
+    import optuna
+
+    from fitplan.planner.api import PlanRequest, prepare
+    from fitplan.planner.budget import Budget
+    from fitplan.planner.search import SearchProblem, create_study, evolve, run_optuna
+
+    n = 600 if quick else 2000
+    seeds = [0] if quick else [0, 1, 2]
+    results = {}
+    for space, device in (("fbnet", "pixel3"), ("ofa_mbv3", "2080ti_1")):
+        ctx = prepare(PlanRequest(space, device, {"latency_ms": 1e9}, out_dir=str(out / f"search_{space}"),
+                                  quick=True))
+        full = ctx.evaluator.evaluate_one(ctx.space.largest())
+        small = ctx.evaluator.evaluate_one(ctx.space.smallest())
+        budget = 0.6 * full["latency_ms"]
+        problem = SearchProblem(ctx.space, ctx.evaluator, Budget(latency_ms=budget), ctx.problem.restrict)
+        ref = (-(small["accuracy"] - 0.01), budget)
+        rows = {}
+        for name in ("evolve (fitplan)", "optuna nsga2 (fitplan)", "random", "ofa-evolution"):
+            hvs, secs = [], []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                if name == "evolve (fitplan)":
+                    r = evolve(problem, n, seed=seed, population=50, progress=False)
+                    v, c = r.values, r.constraints
+                elif name == "optuna nsga2 (fitplan)":
+                    st = create_study(None, "b", problem, "nsga2", seed, population_size=50)
+                    run_optuna(st, problem, n, batch=50, progress=False)
+                    tr = [t for t in st.trials if t.values is not None]
+                    v = np.asarray([t.values for t in tr])
+                    c = np.asarray([[t.constraints[k] for k in problem.constraint_names] for t in tr])
+                elif name == "random":
+                    g = problem.random_genotypes(n, np.random.default_rng(seed))
+                    _, v, c = problem.score(problem.decode_genotypes(g))
+                else:
+                    v, c = ofa_evolution(problem, n, seed)
+                secs.append(time.perf_counter() - t0)
+                hvs.append(feasible_hv(problem, v, c, ref))
+            rows[name] = {"hv_mean": float(np.mean(hvs)), "hv_std": float(np.std(hvs)), "seconds": float(np.mean(secs))}
+        rnd = rows["random"]["hv_mean"]
+        for r in rows.values():
+            r["hv_vs_random"] = r["hv_mean"] / rnd if rnd > 0 else float("nan")
+        # throughput
+        t0 = time.perf_counter()
+        r = evolve(problem, 2000 if quick else 10000, seed=0, population=200, progress=False)
+        evolve_rate = r.evaluations / (time.perf_counter() - t0)
+        st = create_study(None, "tp", problem, "nsga2", 0, population_size=50)
+        t0 = time.perf_counter()
+        run_optuna(st, problem, 300 if quick else 1000, batch=50, progress=False)
+        optuna_rate = (300 if quick else 1000) / (time.perf_counter() - t0)
+        results[f"{space}@{device}"] = {
+            "budget_ms": budget, "n_evals": n, "seeds": seeds, "rows": rows,
+            "accuracy_by": ctx.evaluator.predicted_by["accuracy"][:60],
+            "latency_by": ctx.evaluator.predicted_by["latency_ms"][:80],
+            "evolve_trials_per_s": evolve_rate, "evolve_trials": r.evaluations,
+            "evolve_seconds": r.seconds, "optuna_trials_per_s": optuna_rate}
+    return results
+
+
+def print_search(res: dict) -> None:
+    for key, r in res.items():
+        print(f"\n## Search quality: {key}, latency budget {r['budget_ms']:.2f} ms (predicted), "
+              f"{r['n_evals']} evaluations, seeds {r['seeds']}")
+        print(f"accuracy: {r['accuracy_by']}...; latency: {r['latency_by']}...")
+        print(f"| method | HV (mean +- std) | HV / random | seconds |\n|---|---|---|---|")
+        for name, row in r["rows"].items():
+            print(f"| {name} | {row['hv_mean']:.5g} +- {row['hv_std']:.2g} | {row['hv_vs_random']:.3f} | "
+                  f"{row['seconds']:.1f} |")
+        print(f"throughput: evolve {r['evolve_trials']} trials in {r['evolve_seconds']:.1f} s = "
+              f"{r['evolve_trials_per_s']:.0f} trials/s ({r['evolve_trials_per_s'] * 60:.0f} per minute); "
+              f"Optuna ask/tell {r['optuna_trials_per_s']:.0f} trials/s")
+
+
+# ----------------------------------------------------------------------------------------- budgets part
+def uniform_configs(space):
+    dims = space.dimensions
+    out = []
+    for k in (sorted(space.kernel_choices)[len(space.kernel_choices) // 2],):  # middle kernel everywhere
+        for e in space.expand_choices:
+            for d in space.depth_choices:
+                for r in dims["r"].choices:
+                    cfg = {"ks": [k] * dims["ks"].length, "e": [e] * dims["e"].length, "d": [d] * dims["d"].length,
+                           "r": r}
+                    if space.is_valid(cfg):
+                        out.append(space.validate(cfg))
+    return out
+
+
+def budgets_part(quick: bool, out: Path) -> dict:
+    import copy
+
+    from fitplan.data import calibration_batches, resize_for_shape
+    from fitplan.planner.api import PlanRequest, finish, prepare, run_search
+    from fitplan.planner.budget import Budget
+    from fitplan.planner.materialize import build_model
+    from fitplan.planner.predict import measure_latency
+    from fitplan.planner.search import SearchProblem, check_feasible
+    from fitplan.search_spaces.training import evaluate, finetune
+    import optuna
+
+    opts = dict(width_mult=0.5, num_classes=10, in_chans=1, resolutions=[24, 28, 32])
+    if quick:
+        opts.update(width_mult=0.25, resolutions=[16, 20], depth_choices=[2, 3], expand_choices=[3, 4],
+                    kernel_choices=[3, 5])
+    train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
+        dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=30, accuracy_subnets=12)
+    base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
+                       space_options=opts, quick=quick, top_k=3, **train)
+    ctx = prepare(base)
+    prof, space = ctx.profile, ctx.space
+    rule = {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
+    full = measure_latency(space, space.largest(), prof, supernet=ctx.supernet, rule=rule)["value"]
+    low = measure_latency(space, space.smallest(), prof, supernet=ctx.supernet, rule=rule)["value"]
+    # 5 budgets spread over the measured range [smallest subnet, largest subnet]
+    fractions = [0.2, 0.35, 0.5, 0.65, 0.8]
+    uniform = uniform_configs(space)
+    uni_lat = {}
+    for cfg in uniform:
+        uni_lat[json.dumps(cfg, sort_keys=True)] = measure_latency(space, cfg, prof, supernet=ctx.supernet,
+                                                                   rule=rule)["value"]
+    rows = []
+    for f in fractions:
+        budget = low + f * (full - low)
+        c = copy.copy(ctx)
+        c.budget = Budget(latency_ms=budget)
+        c.problem = SearchProblem(space, ctx.evaluator, c.budget, ctx.problem.restrict)
+        try:
+            check_feasible(c.problem)
+        except Exception as e:  # noqa: BLE001 - report, keep going
+            rows.append({"fraction": f, "budget_ms": budget, "error": str(e)})
+            continue
+        c.out_dir = out / "budgets" / f"f{int(f * 100)}"
+        c.out_dir.mkdir(parents=True, exist_ok=True)
+        c.notes = list(ctx.notes)
+        storage = optuna.storages.InMemoryStorage()
+        run_search(c, storage, "b", 300 if quick else 3000)
+        try:
+            p = finish(c, optuna.load_study(study_name="b", storage=storage))
+        except Exception as e:  # noqa: BLE001 - report, keep going
+            rows.append({"fraction": f, "budget_ms": budget, "error": str(e)})
+            continue
+        lat = p.measured["latency_ms"]["value"]
+        # uniform baseline: the largest uniform config with measured latency <= the plan's measured latency
+        cands = [(v, k) for k, v in uni_lat.items() if v is not None and v <= lat]
+        base_row = {}
+        if cands:
+            v, k = max(cands)
+            ucfg = json.loads(k)
+            shape = space.input_shape(ucfg)
+            calib = [resize_for_shape(b, shape) for b in calibration_batches(ctx.data, n_batches=4)]
+            m = build_model(space, ctx.supernet, ucfg, calib)
+            teacher = ctx.supernet.extract(space.largest()).eval()
+            finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
+                     checkpoint_dir=c.out_dir / "uniform_ckpt", max_steps=train.get("max_train_steps"),
+                     device="cpu")
+            base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
+                                           for k2 in ("ks", "e", "d", "r")},
+                        "uniform_latency_ms": v,
+                        "uniform_accuracy": evaluate(m, None, ctx.data.loader("test", batch_size=256))}
+        rows.append({"fraction": f, "budget_ms": budget, "measured_ms": lat, "met": lat <= budget,
+                     "accuracy": p.measured["accuracy"]["value"], "predicted_ms": p.predicted["latency_ms"],
+                     **base_row})
+    return {"full_ms": full, "smallest_ms": low, "rows": rows, "space": space.spec(),
+            "latency_by": ctx.evaluator.predicted_by["latency_ms"], "accuracy_by": ctx.evaluator.predicted_by["accuracy"],
+            "notes": ctx.notes}
+
+
+def print_budgets(res: dict) -> None:
+    rows = res["rows"]
+    met = sum(1 for r in rows if r.get("met"))
+    print(f"\n## Budgets on this CPU (ofa_mbv3 small, MNIST-5k): subnets {res['smallest_ms']:.3f} .. "
+          f"{res['full_ms']:.3f} ms measured; budget met (measured) {met}/{len(rows)}")
+    print(f"latency: {res['latency_by'][:160]}\naccuracy: {res['accuracy_by'][:160]}")
+    print("| budget ms | predicted ms | measured ms | met | plan acc | uniform baseline (ks,e,d,r) | uniform ms | uniform acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['budget_ms']:.3f} | error: {r['error'][:80]} |")
+            continue
+        u = r.get("uniform_config")
+        print(f"| {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | {'yes' if r['met'] else 'NO'} "
+              f"| {r['accuracy']:.4f} | {tuple(u.values()) if u else '-'} | "
+              f"{r.get('uniform_latency_ms', float('nan')):.3f} | {r.get('uniform_accuracy', float('nan')):.4f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", default="all", choices=["search", "budgets", "all"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="fitplan-out/bench_plan_quality")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if args.part in ("search", "all"):
+        results["search"] = search_part(args.quick, out)
+        print_search(results["search"])
+    if args.part in ("budgets", "all"):
+        results["budgets"] = budgets_part(args.quick, out)
+        print_budgets(results["budgets"])
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nresults: {out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

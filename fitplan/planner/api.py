@@ -1,0 +1,670 @@
+"""The planner's stage API (used by :mod:`fitplan.jobs`) and the one-call :func:`plan`.
+
+``prepare(request) -> PlanContext``
+    resolve the model to a space + supernet (train the supernet on the user's data when it is not trained
+    yet; cached in ``out_dir/supernet``), the device profile, the predictors, the compression
+    capabilities, and check the budget is feasible at all (raises :class:`InfeasibleBudgetError` at once).
+    Cheap to call again in every worker: everything expensive is cached in ``out_dir``.
+``run_search(ctx, storage, study_name, n_trials)``
+    add ``n_trials`` predictor-guided trials to a (shared) Optuna study. Safe with several workers at once.
+``finish(ctx, study) -> Plan``
+    feasible Pareto front -> verify the top-k on the real runtime (local devices) -> materialise ->
+    fine-tune with KD (resumable) -> export ONNX -> report.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fitplan.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
+from fitplan.planner.budget import BUDGET_METRICS, Budget
+from fitplan.planner.metrics import Evaluator, capability_state, compression_speedups, restricted_dimensions
+from fitplan.planner.plan import Plan
+from fitplan.planner.search import (SearchProblem, check_feasible, count_evaluations, create_study,
+                                    enqueue_seeds, feasible_front, run_evolve, run_optuna)
+
+#: device aliases accepted by :func:`plan`
+DEVICE_ALIASES = {"local": "local-cpu-1t"}
+ENGINES = ("auto", "optuna", "evolve")
+
+
+@dataclass
+class PlanRequest:
+    """Everything a plan needs. JSON-able when ``model``/``device``/``data`` are names or paths.
+
+    Attributes:
+        model: timm model or name, a :class:`Supernet`, a registered space name, or a saved supernet dir
+            (``supernet.safetensors`` + ``supernet.safetensors.json`` as written by ``prepare``).
+        device: profile name, :class:`HardwareProfile`, or ``"local"`` (= ``local-cpu-1t``, measured).
+        budget: :class:`Budget` or its dict.
+        data: dataset name (``mnist5k``, ``digits``), ImageFolder path, a ``DataSplits``, or ``None``.
+        out_dir: where caches, checkpoints and artifacts go.
+        space_options: constructor options of the space (``width_mult``, ``resolutions``...).
+        seed: seeds samplers, evolution, data order.
+        sampler: ``nsga2`` (default), ``tpe``, ``gp``, ``random``.
+        n_trials: trials for :func:`plan` (``run_search`` takes its own count).
+        engine: ``auto`` (evolve for >= 2000 trials, else optuna), ``optuna`` or ``evolve``.
+        top_k: candidates verified on the real runtime (local devices).
+        verify: measure candidates (default: when the device is local).
+        supernet_epochs / finetune_epochs: training lengths (0 = skip).
+        accuracy_subnets: subnets evaluated to fit the accuracy predictor.
+        max_train_steps: cap on steps per training run (quick runs / tests).
+        known_good: extra configs enqueued as seeds.
+        quick: small calibrations and short timings (tests, examples' --quick).
+    """
+
+    model: Any
+    device: Any = "local"
+    budget: Any = None
+    data: Any = None
+    out_dir: str = "fitplan-out"
+    space_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    sampler: str = "nsga2"
+    n_trials: int = 2000
+    engine: str = "auto"
+    population: int = 50
+    top_k: int = 5
+    verify: bool | None = None
+    supernet_epochs: int = 3
+    finetune_epochs: int = 1
+    max_train_steps: int | None = None
+    train_batch_size: int = 64
+    accuracy_subnets: int = 40
+    known_good: list[dict[str, Any]] = field(default_factory=list)
+    quick: bool = False
+
+    def validate(self) -> "PlanRequest":
+        self.budget = Budget.from_dict(self.budget if self.budget is not None else {})
+        from fitplan.planner.search import SAMPLERS
+
+        SAMPLERS.get(self.sampler)
+        if self.engine not in ENGINES:
+            raise ConfigError("engine", f"invalid value {self.engine!r}", ENGINES)
+        for name in ("n_trials", "top_k", "supernet_epochs", "finetune_epochs", "population", "train_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
+        if self.population < 2:
+            raise ConfigError("population", "must be >= 2")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import fields as _fields
+
+        d = {f.name: getattr(self, f.name) for f in _fields(self)}
+        if isinstance(self.budget, Budget):
+            d["budget"] = self.budget.to_dict()
+        for k in ("model", "device", "data"):
+            if not isinstance(d[k], (str, type(None))):
+                d[k] = repr(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PlanRequest":
+        names = list(inspect.signature(cls).parameters)
+        for k in d:
+            if k not in names:
+                raise ConfigError(k, "unknown plan option", names)
+        return cls(**dict(d)).validate()
+
+
+@dataclass
+class PlanContext:
+    """What :func:`prepare` resolved; input of :func:`run_search` and :func:`finish`."""
+
+    request: PlanRequest
+    budget: Budget
+    space: Any
+    supernet: Any
+    profile: Any
+    data: Any
+    evaluator: Evaluator
+    problem: SearchProblem
+    out_dir: Path
+    notes: list[str] = field(default_factory=list)
+    minimal: dict[str, float] = field(default_factory=dict)
+    trained: bool = False
+
+    @property
+    def local(self) -> bool:
+        return bool(getattr(self.profile.runtime, "local", False))
+
+    def study_attrs(self) -> dict[str, Any]:
+        return {"space": self.space.spec(), "device": self.profile.name, "budget": self.budget.to_dict(),
+                "objectives": [n for n, _ in self.problem.objectives],
+                "constraints": self.problem.constraint_names, "fixed": self.problem.fixed}
+
+
+# ====================================================================== resolving inputs
+def resolve_profile(device: Any) -> Any:
+    """A :class:`HardwareProfile` from a name, alias (``local``) or profile object."""
+    if not isinstance(device, str):
+        if hasattr(device, "runtime") and hasattr(device, "name"):
+            return device
+        raise ConfigError("device", f"expected a profile name or HardwareProfile, got {type(device).__name__}")
+    from fitplan.hw_profiles.store import get_profile
+
+    return get_profile(DEVICE_ALIASES.get(device, device))
+
+
+def _load_data(data: Any, seed: int) -> Any:
+    if data is None or hasattr(data, "loader"):
+        return data
+    from fitplan.data import load_dataset
+
+    return load_dataset(str(data), seed=seed)
+
+
+def _space_kwargs_from_data(space_name: str, options: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Fill ``num_classes``/``in_chans`` from the data when the space takes them and the user did not."""
+    from fitplan.search_spaces.base import SPACES, _ensure_builtin_spaces
+
+    _ensure_builtin_spaces()
+    opts = dict(options)
+    if data is None:
+        return opts
+    params = inspect.signature(SPACES.get(space_name)).parameters
+    if "num_classes" in params and "num_classes" not in opts:
+        opts["num_classes"] = data.info.num_classes
+    if "in_chans" in params and "in_chans" not in opts:
+        opts["in_chans"] = data.info.in_chans
+    return opts
+
+
+SUPERNET_FILE = "supernet.safetensors"
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def save_supernet(supernet: Any, directory: Path, trained: bool, info: Mapping[str, Any] | None = None) -> Path:
+    """Save a supernet as ``DIR/supernet.safetensors`` + ``.json`` (space spec); loadable as ``model=DIR``."""
+    from fitplan.search_spaces.training import save_weights
+
+    return save_weights(supernet, Path(directory) / SUPERNET_FILE,
+                        {"space": supernet.space.spec(), "trained": bool(trained), **dict(info or {})})
+
+
+def load_supernet(directory: str | Path) -> tuple[Any, dict[str, Any]]:
+    from fitplan.jsonio import load_versioned
+    from fitplan.search_spaces import create_space
+    from fitplan.search_spaces.training import load_weights
+
+    path = Path(directory) / SUPERNET_FILE
+    doc = load_versioned(path.with_suffix(path.suffix + ".json"), "fitplan-weights", (1,))
+    spec = doc["meta"].get("space")
+    if not spec:
+        raise ConfigError("model", f"{directory} has no space spec in its supernet metadata")
+    sn = create_space(spec).build_supernet()
+    meta = load_weights(sn, path)
+    return sn, meta
+
+
+def resolve_model(model: Any, options: Mapping[str, Any], data: Any) -> tuple[Any, bool]:
+    """``(supernet, trained)`` for any accepted ``model`` form."""
+    from fitplan.search_spaces import Supernet, list_spaces
+    from fitplan.search_spaces.timm_import import TIMM_CONVERTERS, from_timm
+
+    if isinstance(model, Supernet):
+        return model, True
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if p.is_dir():
+            if not (p / SUPERNET_FILE).is_file():
+                raise ConfigError("model", f"{p} is not a saved supernet dir (no {SUPERNET_FILE})")
+            sn, meta = load_supernet(p)
+            return sn, bool(meta.get("trained", True))
+        name = str(model)
+        if name in list_spaces():
+            from fitplan.search_spaces import create_space
+
+            return create_space(name, **_space_kwargs_from_data(name, dict(options), data)).build_supernet(), False
+        if name in TIMM_CONVERTERS:
+            return from_timm(name), False  # pretrained=False: weights are random until trained
+        raise UnknownNameError("model", name, list(list_spaces()) + TIMM_CONVERTERS.names())
+    if isinstance(model, nn.Module):
+        try:
+            return from_timm(model), True
+        except UnknownNameError as e:
+            raise ConfigError("model", f"unsupported module {type(model).__name__}: pass a timm model of a "
+                                       f"supported family, a fitplan Supernet or a space name ({e})") from None
+    raise ConfigError("model", f"unsupported type {type(model).__name__}",
+                      ["timm name", "nn.Module (timm)", "Supernet", "space name", "supernet dir"])
+
+
+def _measure_int8_factor(space: Any, supernet: Any, profile: Any, out_dir: Path, quick: bool,
+                         batch: int) -> tuple[float | None, str]:
+    """Measure fp32 vs all-int8 QDQ latency of the largest subnet here; cached in ``out_dir``."""
+    from fitplan.planner.predict import measure_latency
+
+    cache = out_dir / "int8_factor.json"
+    if cache.is_file():
+        doc = json.loads(cache.read_text())
+        if doc.get("space") == space.spec() and doc.get("batch") == batch:
+            return doc["factor"], doc["method"]
+    cfg = space.largest()
+    threads = int(profile.runtime.threads or 1)
+    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
+    fp = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
+    q = dict(cfg, bits=[8] * len(cfg["bits"]))
+    i8 = measure_latency(space, q, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
+    if fp.get("value") is None or i8.get("value") is None:
+        return None, "int8 not measurable here"
+    factor = float(fp["value"] / i8["value"])
+    method = (f"measured here: largest subnet fp32 {fp['value']:.3f} ms vs all-int8 static QDQ "
+              f"{i8['value']:.3f} ms -> factor {factor:.2f}")
+    from fitplan.jsonio import atomic_write_text, dumps
+
+    atomic_write_text(cache, dumps({"space": space.spec(), "batch": batch, "factor": factor, "method": method}))
+    return factor, method
+
+
+# ====================================================================== stage 1
+def prepare(request: PlanRequest) -> PlanContext:
+    """Resolve model, device, data and predictors; train the supernet if needed; check feasibility."""
+    from fitplan.planner.predict import resolve_accuracy, resolve_latency
+
+    request.validate()
+    budget: Budget = request.budget
+    out = Path(request.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = resolve_profile(request.device)
+    local = bool(profile.runtime.local)
+    if not local and profile.runtime.batch != budget.batch_size:
+        raise ConfigError("budget.batch_size", f"device {profile.name!r} has latency data for batch "
+                                               f"{profile.runtime.batch} only", [profile.runtime.batch])
+    power_w = getattr(profile, "power_w", None)
+    if budget.energy_mj is not None and not (getattr(profile, "energy_available", False) and power_w):
+        raise ConfigError("budget.energy_mj", f"device {profile.name!r} has no energy model (the planner needs "
+                                              "energy_available and an average power_w in the profile); "
+                                              "budget latency_ms instead")
+    data = _load_data(request.data, request.seed)
+    notes: list[str] = []
+
+    # ---- model -> supernet (cached, trained on the data when given)
+    cached = out / "supernet"
+    supernet, trained = None, False
+    source = json.dumps({"model": str(request.model), "space_options": request.space_options,
+                         "data": getattr(getattr(data, "info", None), "name", None), "seed": request.seed},
+                        sort_keys=True, default=str)
+    if (cached / SUPERNET_FILE).is_file() and isinstance(request.model, str):
+        sn, meta = load_supernet(cached)
+        if meta.get("source") == source:
+            supernet, trained = sn, bool(meta.get("trained"))
+    if supernet is None:
+        supernet, trained = resolve_model(request.model, request.space_options, data)
+    space = supernet.space
+    if data is not None and not trained and request.supernet_epochs > 0:
+        from fitplan.search_spaces.training import train_supernet
+
+        train_supernet(supernet, data.loader("train", batch_size=request.train_batch_size, seed=request.seed),
+                       epochs=request.supernet_epochs, seed=request.seed, checkpoint_dir=out / f"supernet_ckpt_{_short_hash(source)}",
+                       max_steps=request.max_train_steps, device="cpu")
+        trained = True
+        save_supernet(supernet, cached, trained, {"source": source, "data": data.info.name})
+        for stale in ("accuracy_predictor.json", "accuracy_predictor.npz", "accuracy_samples.json", "chosen.json"):
+            (out / stale).unlink(missing_ok=True)  # fitted to / chosen with the previous supernet
+    elif not (cached / SUPERNET_FILE).is_file() and isinstance(request.model, str):
+        save_supernet(supernet, cached, trained, {"source": source})
+    if not trained:
+        notes.append("supernet weights are not trained (no data given): exported weights are untrained; "
+                     "accuracy is a proxy")
+    supernet.eval()
+
+    # ---- latency predictor and compression capabilities (never assume an unknown speed-up)
+    lat_fn, lat_desc, lat_models_comp, learned = resolve_latency(space, profile, out_dir=out, batch=budget.batch_size,
+                                                        quick=request.quick, seed=request.seed)
+    factors: dict[str, float] = dict(learned)
+    if (local and "bits" in space.dimensions and 8 in space.dimensions["bits"].choices
+            and capability_state(profile, "int8") != "no" and not lat_models_comp):
+        f, how = _measure_int8_factor(space, supernet, profile, out, request.quick, budget.batch_size)
+        if f is not None:
+            factors["int8"] = f
+            notes.append(f"int8 speed-up {how}")
+    speedups = compression_speedups(profile, factors)
+    restrict, cap_notes = restricted_dimensions(space, speedups, list(budget.limits()), profile)
+    notes += cap_notes
+    compression_searched = any(len(v) > 1 for k, v in restrict.items()) or any(
+        k not in restrict for k in ("bits", "sparsity") if k in space.dimensions)
+    acc_fn, acc_desc = resolve_accuracy(space, supernet if trained else None, data if trained else None,
+                                        out_dir=out, seed=request.seed, quick=request.quick,
+                                        n_subnets=request.accuracy_subnets, sensitivity=compression_searched and not request.quick)
+    evaluator = Evaluator(space, lat_fn, acc_fn, speedups=speedups, batch_size=budget.batch_size,
+                          power_w=float(power_w) if budget.energy_mj is not None else None,
+                          latency_models_compression=lat_models_comp,
+                          predicted_by={"accuracy": acc_desc, "latency_ms": lat_desc + (
+                              "" if lat_models_comp else "; compression via the profile's known speed-ups "
+                                                         f"{ {k: v for k, v in speedups.items() if v} }"),
+                              "size_mb": "analytic: params x bits x (1 - sparsity) + mask overhead",
+                              "memory_mb": "analytic: stored weights + fp32 input + two largest activations"})
+    problem = SearchProblem(space, evaluator, budget, restrict)
+    minimal = check_feasible(problem)  # raises InfeasibleBudgetError before any search
+    return PlanContext(request, budget, space, supernet, profile, data, evaluator, problem, out, notes,
+                       minimal, trained)
+
+
+# ====================================================================== stage 2
+def run_search(ctx: PlanContext, storage: Any, study_name: str, n_trials: int) -> None:
+    """Add ``n_trials`` predictor-guided trials to the study ``study_name`` in ``storage`` (created if
+    missing, metric names set). Several workers may run this on the same study at once."""
+    req = ctx.request
+    study = create_study(storage, study_name, ctx.problem, req.sampler, req.seed, req.population,
+                         ctx.study_attrs())
+    n_seeds = enqueue_seeds(study, ctx.problem, req.known_good)
+    engine = req.engine if req.engine != "auto" else ("evolve" if n_trials >= 2000 else "optuna")
+    progress = not req.quick
+    if engine == "optuna":
+        run_optuna(study, ctx.problem, n_trials, batch=max(req.population, 1), progress=progress)
+        return
+    first = min(n_seeds, n_trials)
+    if first:
+        run_optuna(study, ctx.problem, first, batch=first, progress=False)
+    seed = req.seed + len(study.get_trials(deepcopy=False))
+    population = max(req.population, min(200, (n_trials - first) // 50))
+    run_evolve(study, ctx.problem, n_trials - first, seed=seed, population=population, progress=progress)
+
+
+# ====================================================================== stage 3
+def _entry(problem: SearchProblem, cfg: dict[str, Any], metrics: Mapping[str, np.ndarray], i: int,
+           trial: int | None) -> dict[str, Any]:
+    pred = {k: float(v[i]) for k, v in metrics.items() if k != "accuracy_drop"}
+    return {"config": cfg, "predicted": pred, "measured": {}, "feasible": True, "trial": trial}
+
+
+def _feasible_predicted(problem: SearchProblem, pred: Mapping[str, float]) -> bool:
+    for name, lim in problem.limits.items():
+        v = problem.reference_accuracy - pred["accuracy"] if name == "max_accuracy_drop" else pred[name]
+        if v > lim + 1e-12:
+            return False
+    return True
+
+
+def finish(ctx: PlanContext, study: Any) -> Plan:
+    """Front -> verify -> materialise -> fine-tune (resumable) -> export -> report; returns the Plan."""
+    t0 = time.perf_counter()
+    req, problem, out = ctx.request, ctx.problem, ctx.out_dir
+    front = feasible_front(study, problem)
+    if not front:
+        raise InfeasibleBudgetError(_closest_violation(study, problem))
+    configs = [problem.decode_params(t.params) for t in front]
+    metrics, _, _ = problem.score(configs)
+    entries = [_entry(problem, c, metrics, i, t.number) for i, (c, t) in enumerate(zip(configs, front))]
+    entries = [e for e in entries if _feasible_predicted(problem, e["predicted"])]  # the final choice is checked
+    entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+    if not entries:
+        raise InfeasibleBudgetError(_closest_violation(study, problem))
+
+    # ---- verify on the real runtime (local) and re-rank on measured numbers
+    verify = ctx.local if req.verify is None else (req.verify and ctx.local)
+    chosen = None
+    notes = list(ctx.notes)
+    chosen_path = out / "chosen.json"
+    previous = json.loads(chosen_path.read_text()) if chosen_path.is_file() else None
+    resumed = next((e for e in entries if previous and e["config"] == previous.get("config")), None)
+    if resumed is not None:  # a re-run (e.g. after a crash in fine-tuning) keeps the choice and its checkpoints
+        resumed["measured"] = previous.get("measured", {})
+        chosen = resumed
+        notes.append("resumed: the candidate chosen by an earlier run of finish() (chosen.json) is kept")
+    elif verify and "latency_ms" in problem.limits:
+        try:
+            chosen = _verify(ctx, entries, notes)
+        except InfeasibleBudgetError as first_error:
+            chosen = _reverify_tightened(ctx, entries, notes, first_error)
+    elif verify:
+        chosen = entries[0]
+    else:
+        if not ctx.local:
+            notes.append(f"device {ctx.profile.name!r} is not local: latency is predicted, not measured")
+        chosen = entries[0]
+    chosen["chosen"] = True
+    cfg = chosen["config"]
+    from fitplan.jsonio import atomic_write_text, dumps
+
+    atomic_write_text(chosen_path, dumps({"config": cfg, "measured": chosen["measured"]}))
+
+    # ---- materialise, fine-tune, export
+    from fitplan.planner.materialize import build_model, save_and_export
+
+    calib = None
+    if ctx.data is not None:
+        from fitplan.data import calibration_batches, resize_for_shape
+
+        shape = ctx.space.input_shape(cfg)
+        calib = [resize_for_shape(b, shape) for b in calibration_batches(ctx.data, n_batches=4, seed=req.seed)]
+    model = build_model(ctx.space, ctx.supernet, cfg, calib)
+    measured: dict[str, Any] = {}
+    finetune_info: dict[str, Any] = {}
+    if ctx.data is not None:
+        from fitplan.search_spaces.training import evaluate, finetune
+
+        teacher = ctx.supernet.extract(ctx.space.largest()).eval()
+        test = ctx.data.loader("test", batch_size=256)
+        t_acc = evaluate(teacher, None, test)
+        if req.finetune_epochs > 0:
+            res = finetune(model, teacher, ctx.data.loader("train", batch_size=req.train_batch_size, seed=req.seed),
+                           epochs=req.finetune_epochs, checkpoint_dir=out / "finetune_ckpt", seed=req.seed,
+                           max_steps=req.max_train_steps, device="cpu")
+            finetune_info = {"epochs": req.finetune_epochs, "teacher": "largest subnet of the supernet",
+                             "result": _jsonable(res)}
+        acc = evaluate(model, None, test)
+        how = f"measured: top-1 on the {ctx.data.info.sizes['test']} test images of {ctx.data.info.name}"
+        measured["accuracy"] = {"value": float(acc), "method": how}
+        measured["teacher_accuracy"] = {"value": float(t_acc), "method": how + " (largest subnet, uncompressed)"}
+        measured["accuracy_drop"] = {"value": float(t_acc - acc), "method": "teacher_accuracy - accuracy"}
+        if ctx.budget.max_accuracy_drop is not None and t_acc - acc > ctx.budget.max_accuracy_drop:
+            notes.append(f"measured accuracy drop {t_acc - acc:.4f} exceeds max_accuracy_drop "
+                         f"{ctx.budget.max_accuracy_drop} (predicted drop was within budget)")
+    model.eval()
+    shape = ctx.space.input_shape(cfg)
+    check_x = (calib[0][:8] if calib else torch.randn(4, *shape))
+    artifacts, checks = save_and_export(model, ctx.space, cfg, out, check_x, batch=ctx.budget.batch_size)
+    if "latency_ms" in chosen["measured"]:
+        measured["latency_ms"] = chosen["measured"]["latency_ms"]
+    if verify:
+        art = artifacts.get("model_int8_onnx") or artifacts["model_onnx"]
+        measured["latency_ms_exported"] = _measure_artifact(ctx, art, shape)
+        if "latency_ms" not in measured:
+            measured["latency_ms"] = measured["latency_ms_exported"]
+    checks["budget_met_predicted"] = _feasible_predicted(problem, chosen["predicted"])
+    if "latency_ms" in measured and "latency_ms" in problem.limits:
+        lim = problem.limits["latency_ms"]
+        checks["budget_met_measured_latency"] = bool(measured["latency_ms"]["value"] <= lim)
+        exp_v = measured.get("latency_ms_exported", {}).get("value")
+        if exp_v is not None:
+            checks["budget_met_measured_exported"] = bool(exp_v <= lim)
+            if exp_v > lim:
+                notes.append(f"the exported artifact measured {exp_v:.3f} ms > budget {lim:g} ms (the verified "
+                             f"candidate measured {measured['latency_ms']['value']:.3f} ms): timing noise or the "
+                             "exported QDQ graph differs from the measurement graph; re-run verification")
+    plan = Plan(
+        space=ctx.space.spec(),
+        device={"name": ctx.profile.name, "kind": ctx.profile.kind, "runtime": ctx.profile.runtime.to_dict(),
+                "local": ctx.local},
+        budget=ctx.budget.to_dict(), config=cfg, predicted=chosen["predicted"],
+        predicted_by=dict(ctx.evaluator.predicted_by), measured=measured, pareto=entries,
+        artifacts={}, checks=checks,
+        search={"study_name": study.study_name, "sampler": req.sampler, "engine": req.engine,
+                "n_trials": len(study.get_trials(deepcopy=False)),
+                "predictor_evaluations": count_evaluations(study),
+                "reference_accuracy_predicted": problem.reference_accuracy,
+                "minimal_achievable_predicted": ctx.minimal, "fixed_params": len(problem.fixed),
+                "searched_params": len(problem.genes), "finish_seconds": None},
+        finetune=finetune_info, notes=notes)
+    from fitplan.planner.report import write_report
+
+    pts = [(t.values[1], t.values[0]) for t in study.get_trials(deepcopy=False) if t.values is not None]
+    artifacts.update(write_report(plan, out, pts[-5000:]))
+    artifacts["plan_json"] = str(out / "plan.json")
+    plan.artifacts = artifacts
+    plan.search["finish_seconds"] = round(time.perf_counter() - t0, 2)
+    plan.save(out / "plan.json")
+    atomic_write_text(out / "summary.txt", plan.summary() + "\n")
+    return plan
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        from dataclasses import asdict as _a, is_dataclass
+
+        d = _a(obj) if is_dataclass(obj) else dict(getattr(obj, "__dict__", {}))
+        return json.loads(json.dumps(d, default=str))
+    except Exception:  # noqa: BLE001
+        return str(obj)
+
+
+def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """Measure candidates best-first until ``top_k`` pass the latency budget; pick the most accurate
+    measured-feasible one (ties: lower measured latency). Never returns a measured violation."""
+    from tqdm.auto import tqdm
+
+    from fitplan.planner.predict import measure_latency
+
+    req = ctx.request
+    limit = ctx.problem.limits["latency_ms"]
+    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if req.quick else {"max_seconds": 3.0}
+    threads = int(ctx.profile.runtime.threads or 1)
+    passed: list[dict[str, Any]] = []
+    max_measure = max(3 * req.top_k, req.top_k + 5)
+    bar = tqdm(entries[:max_measure], desc="verify (measure)", leave=False, disable=req.quick)
+    for e in bar:
+        m = measure_latency(ctx.space, e["config"], ctx.profile, supernet=ctx.supernet,
+                            batch=ctx.budget.batch_size, threads=threads, rule=rule)
+        e["measured"]["latency_ms"] = m
+        if m.get("value") is None:
+            continue
+        if m["value"] <= limit:
+            passed.append(e)
+        if len(passed) >= req.top_k:
+            break
+    n_meas = sum(1 for e in entries if e["measured"])
+    if not passed:
+        best = min((e for e in entries if (e["measured"].get("latency_ms") or {}).get("value") is not None),
+                   key=lambda e: e["measured"]["latency_ms"]["value"], default=None)
+        msg = (f"measured latency of the {n_meas} best predicted-feasible candidates all exceed the budget "
+               f"{limit:g} ms")
+        if best is not None:
+            msg += f" (lowest measured: {best['measured']['latency_ms']['value']:.3f} ms, predicted " \
+                   f"{best['predicted']['latency_ms']:.3f} ms)"
+        raise InfeasibleBudgetError(msg + "; the predictor is optimistic for this device: relax the budget")
+    passed.sort(key=lambda e: (-round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]))
+    n_bad = sum(1 for e in entries if (e["measured"].get("latency_ms") or {}).get("value") is not None
+                and e["measured"]["latency_ms"]["value"] > limit)
+    if n_bad:
+        notes.append(f"verify: {n_bad} of {n_meas} measured candidates broke the latency budget on the real "
+                     "runtime and were skipped")
+    return passed[0]
+
+
+def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str],
+                        error: InfeasibleBudgetError, rounds: int = 2) -> dict[str, Any]:
+    """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here:
+    tighten the *predicted* latency limit by the worst measured/predicted ratio seen, search again (a
+    vectorised NSGA-II run, not written to the shared study, whose constraints keep the true budget) and
+    verify the new candidates against the true budget. Raises the original error if that fails too."""
+    from fitplan.planner.search import archive_front, evolve
+
+    limit = ctx.problem.limits["latency_ms"]
+    measured = [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
+    for r in range(rounds):
+        ratio = max(e["measured"]["latency_ms"]["value"] / e["predicted"]["latency_ms"] for e in measured)
+        tight = ctx.budget.to_dict()
+        tight["latency_ms"] = limit / max(ratio, 1.0) * 0.98
+        prob = SearchProblem(ctx.space, ctx.evaluator, Budget.from_dict(tight), ctx.problem.restrict)
+        res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=ctx.request.seed + 1 + r, progress=False)
+        idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
+        if not idx:
+            break
+        cfgs = prob.decode_genotypes(res.genotypes[idx])
+        metrics, _, _ = ctx.problem.score(cfgs)
+        new = [_entry(ctx.problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
+        new = [e for e in new if _feasible_predicted(ctx.problem, e["predicted"])]
+        new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+        try:
+            chosen = _verify(ctx, new, notes)
+        except InfeasibleBudgetError:
+            measured = [e for e in new if (e["measured"].get("latency_ms") or {}).get("value")] or measured
+            continue
+        notes.append(f"verify: the predictor was optimistic on this machine (measured/predicted up to "
+                     f"{ratio:.2f}); re-searched with the predicted limit tightened to {tight['latency_ms']:.4g} ms "
+                     f"and verified against the real budget {limit:g} ms")
+        entries.extend(new)
+        entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+        return chosen
+    raise error
+
+
+def _measure_artifact(ctx: PlanContext, path: str, shape: Any) -> dict[str, Any]:
+    """Time the exported deliverable itself on this machine (the ONNX file the user will run)."""
+    threads = int(ctx.profile.runtime.threads or 1)
+    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if ctx.request.quick else {"max_seconds": 3.0}
+    try:
+        from fitplan.hw_profiles.measure import measure_onnx
+
+        m = measure_onnx(path, shape, threads=threads, batch=ctx.budget.batch_size,
+                         variant="int8-qdq" if "int8" in Path(path).name else "fp32",
+                         note=f"exported artifact {Path(path).name}", **rule)
+        return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "method": "measured: " + m.method,
+                "when": m.measured_at}
+    except ImportError:
+        from fitplan.planner.measure import time_onnx
+
+        r = time_onnx(path, shape, batch=ctx.budget.batch_size, threads=threads)
+        return {"value": r["median_ms"], "p10": r["p10_ms"], "p90": r["p90_ms"],
+                "method": f"measured: onnxruntime CPU EP, {threads} thread(s), median of {r['repeats']} runs, "
+                          f"exported artifact {Path(path).name}"}
+
+
+def _closest_violation(study: Any, problem: SearchProblem) -> str:
+    from optuna.trial import TrialState
+
+    best, best_v = None, float("inf")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        v = sum(max(0.0, c) for c in t.constraints.values())
+        if v < best_v:
+            best, best_v = t, v
+    if best is None:
+        return "no trial completed: run the search first"
+    parts = []
+    for name, c in best.constraints.items():
+        if c > 0:
+            lim = problem.limits[name]
+            unit = BUDGET_METRICS.get(name).unit
+            parts.append(f"{name}: {lim + c:.3g} {unit} predicted > budget {lim:g} {unit}")
+    return "no trial meets the budget; closest: " + "; ".join(parts)
+
+
+# ====================================================================== one call
+def plan(model: Any, device: Any = "local", budget: Any = None, data: Any = None, *,
+         storage: Any = None, study_name: str | None = None, **options: Any) -> Plan:
+    """Plan in one process: :func:`prepare`, :func:`run_search`, :func:`finish`.
+
+    ``budget`` is a :class:`Budget` or dict (``{"latency_ms": 5}``); ``options`` are :class:`PlanRequest`
+    fields (``out_dir``, ``n_trials``, ``sampler``, ``seed``, ``space_options``, ``quick``...).
+    ``storage`` defaults to in-memory; pass a journal path or an SQL URL to keep / share the study.
+    """
+    import optuna
+
+    req = PlanRequest.from_dict({"model": model, "device": device, "budget": budget, "data": data, **options})
+    ctx = prepare(req)
+    name = study_name or f"fitplan-{ctx.space.name}-{ctx.profile.name}"
+    st = storage
+    if st is None:
+        st = optuna.storages.InMemoryStorage()
+    run_search(ctx, st, name, req.n_trials)
+    from fitplan.planner.search import make_storage
+
+    study = optuna.load_study(study_name=name, storage=make_storage(st))
+    return finish(ctx, study)

@@ -1,0 +1,380 @@
+"""Where the planner's predictions come from: adapters to :mod:`fitplan.predictors`, and labelled fallbacks.
+
+Latency (``configs -> ms per batch``), in order:
+
+1. :func:`fitplan.predictors.predictor_for_device` ``(space, profile)``: the meta-learned predictor of a
+   built-in device, or the adapted one stored in ``profile.predictors[space]``.
+2. Local, measurable profiles only: :class:`LocalCostModel`, a non-negative least-squares fit of latency on
+   analytic costs (MACs, activation elements, active units) to ``n`` configs *measured here* with ONNX
+   Runtime (cached in ``out_dir``). It is a real few-shot predictor for this exact space spec.
+3. Otherwise: :class:`~fitplan.errors.ConfigError` naming ``device`` (the planner never guesses latency).
+
+Accuracy (``configs -> [0, 1]``), in order: an :class:`fitplan.predictors.AccuracyPredictor` built for
+the trained supernet and data; else, when data and a supernet are given, :class:`SubnetAccuracyModel`
+(ridge regression on arch features over subnets *evaluated on the validation split*, plus a documented
+compression prior); else an analytic capacity proxy, labelled as such.
+
+Each adapter returns ``(predict, description)``; the description is what the plan's ``predicted_by`` says.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from fitplan.errors import ConfigError, FitplanError
+from fitplan.jsonio import atomic_write_text, dumps
+from fitplan.planner.metrics import unit_costs_cached
+
+Config = dict[str, Any]
+Predict = Callable[[Sequence[Config]], np.ndarray]
+
+
+# ====================================================================== latency
+def cost_features(space: Any, configs: Sequence[Config]) -> np.ndarray:
+    """``[1, MACs/1e6, act_elems/1e5, active units]`` per config (the local cost model's inputs)."""
+    rows = []
+    for cfg in configs:
+        units = unit_costs_cached(space, cfg)
+        rows.append([1.0, sum(u.macs for u in units) / 1e6, sum(u.act_elems for u in units) / 1e5,
+                     float(sum(1 for u in units if u.active and u.macs > 0))])
+    return np.asarray(rows, dtype=np.float64)
+
+
+class LocalCostModel:
+    """Few-shot latency model of this machine: ``ms = w . [1, MMACs, act/1e5, layers]``, ``w >= 0``.
+
+    Fitted to architectures (no compression) measured with ONNX Runtime; compression is added by the
+    planner's capability model. ``models_compression = False``.
+    """
+
+    models_compression = False
+
+    def __init__(self, space: Any, weights: np.ndarray, samples: list[dict[str, Any]], method: str):
+        self.space, self.weights, self.samples, self.method = space, np.asarray(weights), samples, method
+
+    def predict(self, configs: Sequence[Config]) -> np.ndarray:
+        return cost_features(self.space, configs) @ self.weights
+
+    @classmethod
+    def fit(cls, space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
+            batch: int = 1, quick: bool = False) -> "LocalCostModel":
+        from scipy.optimize import nnls
+        from tqdm.auto import tqdm
+
+        samples: list[dict[str, Any]] = []
+        if cache is not None and Path(cache).is_file():
+            doc = json.loads(Path(cache).read_text())
+            if doc.get("space") == space.spec() and doc.get("batch") == batch:
+                samples = doc["samples"]
+        rng = np.random.default_rng(seed)
+        configs = [space.smallest(), space.largest()]
+        while len(configs) < n:
+            configs.append(space.sample(rng, compression=False))
+        have = {json.dumps(s["config"], sort_keys=True) for s in samples}
+        supernet = space.build_supernet()
+        threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
+        rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
+        method = ""
+        for cfg in tqdm(configs, desc="calibrate local latency", leave=False):
+            key = json.dumps(cfg, sort_keys=True)
+            if key in have:
+                continue
+            m = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
+            if m.get("value") is None:
+                continue
+            samples.append({"config": cfg, "latency_ms": m["value"], "method": m["method"]})
+            method = m["method"]
+            if cache is not None:
+                atomic_write_text(cache, dumps({"space": space.spec(), "batch": batch, "samples": samples}))
+        x = cost_features(space, [s["config"] for s in samples])
+        y = np.asarray([s["latency_ms"] for s in samples])
+        w, _ = nnls(x, y)
+        return cls(space, w, samples, method or (samples[0]["method"] if samples else ""))
+
+
+def measure_latency(space: Any, config: Config, profile: Any, *, supernet: Any = None, batch: int = 1,
+                    threads: int = 1, rule: Mapping[str, Any] | None = None,
+                    calib: Any = None) -> dict[str, Any]:
+    """One local measurement as ``{"value": ms | None, "p10", "p90", "method", "status"}``.
+
+    Uses :func:`fitplan.hw_profiles.measure.measure_config` (static int8 QDQ for 8-bit units, 4-bit not
+    measurable on ORT CPU); falls back to :func:`fitplan.planner.measure.measure_config`.
+    """
+    rule = dict(rule or {})
+    try:
+        from fitplan.hw_profiles.measure import measure_config as hw_measure
+    except ImportError:
+        hw_measure = None
+    if hw_measure is not None and profile is not None and not isinstance(profile, str):
+        m = hw_measure(space, config, profile, threads=threads, batch=batch, supernet=supernet,
+                       calib_inputs=calib, **rule)
+        if not m.ok:
+            return {"value": None, "status": m.status, "method": m.reason or m.method}
+        return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "status": "ok",
+                "method": "measured: " + m.method + f"; host {m.fingerprint.get('hostname', m.fingerprint.get('host', ''))}",
+                "when": m.measured_at}
+    from fitplan.planner.measure import measure_config as own
+
+    r = own(space, config, supernet=supernet, batch=batch, threads=threads,
+            repeats=int(rule.get("min_repeats", 30)))
+    return {"value": r["median_ms"], "p10": r["p10_ms"], "p90": r["p90_ms"], "status": "ok",
+            "method": r["method"], "when": r["when"]}
+
+
+class DatasetLUT:
+    """Additive lookup-table latency model (FBNet-style LUT, generalised): ridge regression of a device's
+    *shipped measured* latencies on the one-hot architecture features of the space. Only used when the
+    profile references a shipped dataset of this space with the default spec and no meta-learned predictor
+    is available."""
+
+    models_compression = False
+
+    def __init__(self, space: Any, coef: np.ndarray, n: int, column: str, r2: float):
+        self.space, self.coef, self.n, self.column, self.r2 = space, coef, n, column, r2
+
+    def _x(self, configs: Sequence[Config]) -> np.ndarray:
+        return np.asarray([self.space.arch_features(c)[1] + [1.0] for c in configs], dtype=np.float64)
+
+    def predict(self, configs: Sequence[Config]) -> np.ndarray:
+        return np.maximum(self._x(configs) @ self.coef, 1e-6)
+
+    @classmethod
+    def fit(cls, space: Any, profile: Any, ridge: float = 1e-3) -> "DatasetLUT":
+        from fitplan.hw_profiles.latency_data import load_latency_dataset
+        from fitplan.search_spaces import create_space
+
+        ref = profile.dataset_for(space.name) if hasattr(profile, "dataset_for") else None
+        if ref is None or not str(ref.dataset).startswith("shipped:"):
+            raise ConfigError("device", f"{getattr(profile, 'name', profile)!r} has no shipped {space.name} data")
+        if space.spec() != create_space(space.name).spec():
+            raise ConfigError("device", "the shipped data was measured for the default spec of the space only")
+        ds = load_latency_dataset(space.name)
+        y = ds.device(ref.column or profile.name)
+        configs = [space.validate(a) for a in ds.archs()]
+        model = cls(space, np.zeros(1), len(configs), ref.column or profile.name, 0.0)
+        x = model._x(configs)
+        a = x.T @ x + ridge * len(y) * np.eye(x.shape[1])
+        model.coef = np.linalg.solve(a, x.T @ y)
+        pred = x @ model.coef
+        model.r2 = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+        return model
+
+
+def effects_to_speedups(effects: Mapping[str, float]) -> dict[str, float]:
+    """Map an AdaptedPredictor's learned effects (``lat = fp32 * (1 - f * share)``) to the planner's
+    speed-up keys: ``bits=8`` -> ``int8`` = 1 / (1 - f) (the speed-up when the whole net is int8)."""
+    keys = {"bits=8": "int8", "bits=4": "int4", "sparsity:unstructured": "sparse_unstructured",
+            "sparsity:2:4": "sparse_2:4"}
+    out = {}
+    for eff, f in effects.items():
+        if eff in keys and f < 1.0:
+            out[keys[eff]] = 1.0 / (1.0 - f)
+    return out
+
+
+def _predictors_latency(space: Any, profile: Any) -> tuple[Any, str]:
+    """The :mod:`fitplan.predictors` predictor for this space and device, when one applies: the profile's
+    calibrated state (``profile.predictors[space]``) or the built-in device table. Those are for the
+    space's default spec (the shipped archs); other specs raise ``ConfigError``."""
+    from fitplan.predictors.features import PREDICTOR_SPACES
+    from fitplan.predictors.latency import load_profile_predictor, predictor_for_device
+    from fitplan.search_spaces import create_space
+
+    if space.name not in PREDICTOR_SPACES:
+        raise ConfigError("model", f"no meta-learned latency predictor for space {space.name!r}", PREDICTOR_SPACES)
+    if space.spec() != create_space(space.name).spec():
+        raise ConfigError("model", "latency predictors cover the default spec of the space only")
+    state = (getattr(profile, "predictors", None) or {}).get(space.name)
+    if state:
+        return load_profile_predictor(state), f"predictor calibrated for {profile.name}"
+    return predictor_for_device(space.name, profile.name), f"built-in table of {profile.name}"
+
+
+def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, batch: int = 1,
+                    quick: bool = False, seed: int = 0, prefer_local_fit: bool | None = None
+                    ) -> tuple[Predict, str, bool, dict[str, float]]:
+    """``(predict, description, models_compression, known_speedups)`` for ``space`` on ``profile`` (see
+    module doc). ``known_speedups`` are compression speed-ups the predictor itself has learned."""
+    local = bool(getattr(getattr(profile, "runtime", None), "local", False))
+    errors = []
+    if not (local and prefer_local_fit):
+        try:
+            pred, how = _predictors_latency(space, profile)
+            predict = lambda configs: pred.predict(list(configs), unknown="fp32")  # noqa: E731
+            prov = getattr(pred, "provenance", {}) or {}
+            desc = (f"predicted: fitplan.predictors {how} ({prov.get('method', type(pred).__name__)}; "
+                    f"{pred.n_samples} samples; known compression effects: {sorted(pred.effects) or 'none'})")
+            return predict, desc, bool(pred.effects), effects_to_speedups(pred.effects)
+        except (ImportError, FitplanError, KeyError, ValueError, NotImplementedError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    if not local:
+        try:
+            lut = DatasetLUT.fit(space, profile)
+            return lut.predict, (f"predicted: planner DatasetLUT (ridge on one-hot arch features) fitted to "
+                                 f"{lut.n} shipped measurements of column {lut.column!r} (train R^2 {lut.r2:.3f})"), \
+                False, {}
+        except FitplanError as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    if local:
+        cache = out_dir / "latency_calibration.json" if out_dir is not None else None
+        model = LocalCostModel.fit(space, profile, n=8 if quick else 16, seed=seed, cache=cache, batch=batch,
+                                   quick=quick)
+        desc = (f"predicted: planner LocalCostModel (NNLS on MACs/activations/layers) fitted to "
+                f"{len(model.samples)} configs measured here ({model.method[:120]})")
+        return model.predict, desc, False, {}
+    raise ConfigError("device", f"no latency predictor for space {space.name!r} on device "
+                                f"{getattr(profile, 'name', profile)!r} and the device is not local, so it "
+                                f"cannot be measured ({'; '.join(errors)})")
+
+
+# ====================================================================== accuracy
+#: prior accuracy cost of compressing ALL of a network's MACs at a setting (absolute fraction); scaled by
+#: each unit's MAC share. Orders of magnitude from the QAT/pruning literature (8-bit QAT ~0-0.5 points,
+#: 4-bit QAT ~1-3 points, 50 % magnitude pruning + fine-tune ~0.5-1 point, 75 % ~2-4 points). An
+#: assumption, recorded as such in the plan's predicted_by.
+BITS_PRIOR = {32: 0.0, 16: 0.0, 8: 0.003, 4: 0.03}
+SPARSITY_PRIOR = {0.0: 0.0, 0.25: 0.002, 0.5: 0.008, 0.75: 0.03}
+
+
+def compression_penalty(space: Any, configs: Sequence[Config]) -> np.ndarray:
+    from fitplan.planner.metrics import UnitArrays
+
+    ua = UnitArrays.of(space, configs)
+    tot = ua.macs.sum(axis=1, keepdims=True)
+    frac = np.divide(ua.macs, tot, out=np.zeros_like(ua.macs), where=tot > 0)
+    pb = np.vectorize(lambda b: BITS_PRIOR.get(int(b), 0.03))(ua.bits)
+    ps = np.vectorize(lambda s: SPARSITY_PRIOR.get(float(s), 0.03 * s / 0.75))(ua.sparsity)
+    return (frac * (pb + ps)).sum(axis=1)
+
+
+class CapacityProxy:
+    """No data, no predictor: a monotone *proxy* in [0, 1] (log MACs and params, scaled so the largest
+    subnet is 1 and the smallest 0.5) minus :func:`compression_penalty`. Orders configs; is not an
+    accuracy. Labelled ``proxy`` in plans."""
+
+    def __init__(self, space: Any):
+        self.space = space
+        lo, hi = (self._raw([space.smallest()])[0], self._raw([space.largest()])[0])
+        self.lo, self.hi = lo, max(hi, lo + 1e-9)
+
+    def _raw(self, configs: Sequence[Config]) -> np.ndarray:
+        x = []
+        for cfg in configs:
+            units = unit_costs_cached(self.space, cfg)
+            x.append(0.7 * np.log1p(sum(u.macs for u in units)) + 0.3 * np.log1p(sum(u.params for u in units)))
+        return np.asarray(x)
+
+    def predict(self, configs: Sequence[Config]) -> np.ndarray:
+        s = 0.5 + 0.5 * (self._raw(configs) - self.lo) / (self.hi - self.lo)
+        return s - compression_penalty(self.space, configs)
+
+
+class SubnetAccuracyModel:
+    """Ridge regression of *measured* validation accuracy of supernet subnets (BN recalibrated) on
+    ``space.arch_features`` + log costs, plus :func:`compression_penalty` (prior)."""
+
+    def __init__(self, space: Any, coef: np.ndarray, mean: np.ndarray, samples: list[dict[str, Any]]):
+        self.space, self.coef, self.mean, self.samples = space, coef, mean, samples
+
+    def _x(self, configs: Sequence[Config]) -> np.ndarray:
+        rows = []
+        for cfg in configs:
+            _, v = self.space.arch_features(cfg)
+            units = unit_costs_cached(self.space, cfg)
+            rows.append(v + [np.log1p(sum(u.macs for u in units)), np.log1p(sum(u.params for u in units)), 1.0])
+        return np.asarray(rows, dtype=np.float64)
+
+    def predict(self, configs: Sequence[Config]) -> np.ndarray:
+        return np.clip(self._x(configs) @ self.coef, 0.0, 1.0) - compression_penalty(self.space, configs)
+
+    @classmethod
+    def fit(cls, space: Any, supernet: Any, data: Any, n: int = 16, seed: int = 0, ridge: float = 1.0,
+            cache: Path | None = None) -> "SubnetAccuracyModel":
+        from tqdm.auto import tqdm
+
+        samples: list[dict[str, Any]] = []
+        if cache is not None and Path(cache).is_file():
+            doc = json.loads(Path(cache).read_text())
+            if doc.get("space") == space.spec():
+                samples = doc["samples"]
+        rng = np.random.default_rng(seed)
+        configs = [space.largest(), space.smallest()]
+        while len(configs) < n:
+            configs.append(space.sample(rng, compression=False))
+        have = {json.dumps(s["config"], sort_keys=True) for s in samples}
+        for cfg in tqdm(configs, desc="evaluate subnets (accuracy model)", leave=False):
+            if json.dumps(cfg, sort_keys=True) in have:
+                continue
+            acc = evaluate_subnet(supernet, space, cfg, data)
+            samples.append({"config": cfg, "accuracy": acc})
+            if cache is not None:
+                atomic_write_text(cache, dumps({"space": space.spec(), "samples": samples}))
+        model = cls(space, np.zeros(1), np.zeros(1), samples)
+        x = model._x([s["config"] for s in samples])
+        y = np.asarray([s["accuracy"] for s in samples])
+        a = x.T @ x + ridge * np.eye(x.shape[1])
+        a[-1, -1] -= ridge  # do not shrink the intercept
+        model.coef = np.linalg.solve(a, x.T @ y)
+        return model
+
+
+def evaluate_subnet(supernet: Any, space: Any, config: Config, data: Any, *, calib_batches: int = 4,
+                    max_batches: int | None = None) -> float:
+    """Measured top-1 accuracy of one subnet of the supernet on the validation split (BN recalibrated on
+    ``calib_batches`` training batches first, as OFA does)."""
+    from fitplan.data import calibration_batches
+    from fitplan.search_spaces.training import evaluate
+
+    calib = calibration_batches(data, n_batches=calib_batches, batch_size=64)
+    acc = evaluate(supernet, config, data.loader("val", batch_size=256), calib, max_batches=max_batches)
+    return float(acc)
+
+
+def resolve_accuracy(space: Any, supernet: Any, data: Any, *, out_dir: Path | None = None, seed: int = 0,
+                     quick: bool = False, sensitivity: bool = True, n_subnets: int = 40) -> tuple[Predict, str]:
+    """``(predict, description)`` of accuracy (see module doc).
+
+    With a trained supernet and data: :class:`fitplan.predictors.accuracy.AccuracyPredictor` built on
+    subnets evaluated on the validation split (cached in ``out_dir/accuracy_predictor.json``), with the
+    measured per-unit compression sensitivity when ``sensitivity`` (the planner asks for it only when
+    compression is searched); without it, compression costs the documented prior
+    (:func:`compression_penalty`). Without data: :class:`CapacityProxy`.
+    """
+    if data is not None and supernet is not None:
+        try:
+            from fitplan.data import calibration_batches
+            from fitplan.predictors.accuracy import AccuracyPredictor
+
+            path = out_dir / "accuracy_predictor.json" if out_dir is not None else None
+            pred = None
+            if path is not None and path.is_file():
+                pred = AccuracyPredictor.load(path, space=space)
+                if sensitivity and pred.sensitivity is None:
+                    pred = None
+            if pred is None:
+                calib = calibration_batches(data, n_batches=2 if quick else 4, batch_size=64, seed=seed)
+                pred = AccuracyPredictor.build(supernet, data.loader("val", batch_size=256), calib,
+                                               n_subnets=min(8, n_subnets) if quick else n_subnets, seed=seed, sensitivity=sensitivity)
+                if path is not None:
+                    pred.save(path)
+            n = len(pred.meta.get("measured", {}).get("configs", []))
+            tau = (pred.metrics or {}).get("kendall_tau_holdout")
+            desc = (f"predicted: fitplan.predictors AccuracyPredictor ({pred.kind}, {n} subnets measured on the "
+                    f"validation split" + (f", holdout Kendall tau {tau:.2f}" if isinstance(tau, float) else "") + ")")
+            if pred.sensitivity is not None:
+                return pred.predict, desc + " - measured per-unit compression sensitivity"
+            return (lambda configs: np.clip(pred.predict(configs) - compression_penalty(space, configs), 0, 1),
+                    desc + " - compression prior (assumed, see planner.predict)")
+        except (ImportError, FitplanError, RuntimeError, ValueError) as e:
+            note = f"{type(e).__name__}: {e}"
+        cache = out_dir / "accuracy_samples.json" if out_dir is not None else None
+        m = SubnetAccuracyModel.fit(space, supernet, data, n=6 if quick else 16, seed=seed, cache=cache)
+        return m.predict, (f"predicted: planner SubnetAccuracyModel (ridge on {len(m.samples)} subnets evaluated "
+                           f"on the validation split) + compression prior (assumed); AccuracyPredictor "
+                           f"unavailable: {note[:120]}")
+    p = CapacityProxy(space)
+    return p.predict, ("proxy: analytic capacity score (log MACs/params, largest = 1.0) minus a compression "
+                       "prior; not an accuracy (no data and no accuracy predictor)")
