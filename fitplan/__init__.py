@@ -8,17 +8,22 @@ __version__ = "0.1.0"
 
 from fitplan.errors import ConfigError, FitplanError, InfeasibleBudgetError, UnknownNameError
 from fitplan.search_spaces import Dimension, SearchSpace, Supernet, create_space, list_spaces, register_space
+from fitplan.hw_profiles import HardwareProfile, get_profile, list_profiles, save_profile
 
 __all__ = [
     "__version__",
     "ConfigError",
     "Dimension",
     "FitplanError",
+    "HardwareProfile",
     "InfeasibleBudgetError",
     "SearchSpace",
     "Supernet",
     "UnknownNameError",
     "create_space",
+    "get_profile",
+    "list_profiles",
     "list_spaces",
     "register_space",
+    "save_profile",
 ]

@@ -1,0 +1,480 @@
+"""Real latency measurement with ONNX Runtime, and measured datasets that survive interruption.
+
+How one config is measured (:func:`measure_config`):
+
+1. ``space.build_supernet().extract(config)`` gives a standalone module with real, smaller tensors.
+   Sparsity masks are applied first if :mod:`fitplan.search_spaces.compression` exists, but onnxruntime's
+   CPU EP has no sparse Conv/Gemm kernels, so sparsity does not change the measured latency (the local
+   profiles record ``sparse_kernels: no``).
+2. Export to ONNX (:func:`fitplan.onnx_utils.export_onnx`, batch from the profile).
+3. Numeric variant from the config's ``bits`` of the *active* units:
+
+   * all 32 -> ``fp32``;
+   * 8-bit units -> ``int8``: static QDQ quantization (``onnxruntime.quantization.quantize_static``,
+     ``QuantFormat.QDQ``, per-channel int8 weights, int8 activations, MinMax calibration on real input
+     batches passed as ``calib_inputs``; synthetic N(0,1) inputs otherwise, which is labelled in the
+     record: for *latency* the scale values do not matter, only which nodes are quantized). When 8 and 32
+     are mixed, only the Conv/Gemm/MatMul nodes of the 8-bit units are quantized (``nodes_to_quantize``,
+     found from the ONNX node scope names); if that mapping finds no node, the whole model is quantized
+     when no active unit is above 8 bits, else the config is recorded as not measurable.
+     Dynamic int8 quantization is not used: on CPU it is slower than static QDQ for convolutions.
+   * any active 4-bit unit -> **not measurable**: onnxruntime's CPU EP has no int4 Conv kernels.
+4. Time with the shared loop of :mod:`fitplan.hw_profiles.bench_script` (warm-up, then repeats until the
+   ~95% CI of the median is within 1% of it, with repeat / time caps) on a session with pinned
+   ``intra_op_num_threads``.
+
+:func:`measure_configs` measures many configs into an append-only JSONL file (one header line, then one
+line per config, flushed and fsynced) and skips configs already in the file, so an interrupted run
+resumes where it stopped and nothing measured is lost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fitplan.errors import ConfigError
+from fitplan.hw_profiles import bench_script
+from fitplan.hw_profiles.profile import HardwareProfile, utc_now
+
+MEASUREMENTS_FORMAT = "fitplan-measurements"
+MEASUREMENTS_VERSION = 1
+#: ONNX op types that quantization acts on (weights live there).
+QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Measurement:
+    """One measured (or not measurable) latency.
+
+    ``status`` is ``ok`` (numbers valid), ``not_measurable`` (``reason`` says why: e.g. int4 on CPU) or
+    ``error``. Times are per batch of ``fingerprint["batch"]`` inputs, in milliseconds.
+    """
+
+    status: str
+    variant: str
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    min_ms: float | None = None
+    count: int = 0
+    rel_ci: float | None = None
+    stable: bool = False
+    method: str = ""
+    reason: str | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    measured_at: str = field(default_factory=utc_now)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def machine_fingerprint(threads: int, batch: int, provider: str = "CPUExecutionProvider") -> dict[str, Any]:
+    """Where and how: host, CPU model (``/proc/cpuinfo``), cores, ORT / torch versions, threads, batch,
+    provider, 1-minute load average (a loaded machine gives noisy numbers)."""
+    info = bench_script.machine_info()
+    info.pop("available_providers", None)
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    info.update({"threads": int(threads), "batch": int(batch), "provider": provider})
+    return info
+
+
+# --------------------------------------------------------------------------- quantization
+class _ArrayReader:
+    """``CalibrationDataReader`` over a float32 array ``[n, *input]``, in batches of ``batch``."""
+
+    def __init__(self, x: np.ndarray, batch: int, input_name: str):
+        self._batches = [x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x[:batch]]
+        self._name = input_name
+        self._i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= len(self._batches):
+            return None
+        self._i += 1
+        return {self._name: self._batches[self._i - 1]}
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def scope_qualname(node_name: str) -> str:
+    """Dotted module name from a TorchScript-exporter node name.
+
+    ``/blocks/blocks.1/blocks.1.0/Conv`` -> ``blocks.1.0``; ``/blocks/blocks.0/conv/Conv`` ->
+    ``blocks.0.conv`` (a scope part is either an attribute name or, under containers, the full dotted name).
+    """
+    parts = [p for p in node_name.split("/") if p][:-1]
+    cur = ""
+    for p in parts:
+        if cur and p.startswith(cur + "."):
+            cur = p
+        elif "." in p and not cur:
+            cur = p
+        else:
+            cur = f"{cur}.{p}" if cur else p
+    return cur
+
+
+def nodes_for_modules(onnx_path: str | os.PathLike, module_names: Iterable[str]) -> list[str]:
+    """Names of the quantizable ONNX nodes that belong to the given (dotted) submodules."""
+    import onnx
+
+    prefixes = [m for m in module_names if m]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    out = []
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE_OPS:
+            continue
+        q = scope_qualname(node.name)
+        if any(q == p or q.startswith(p + ".") for p in prefixes):
+            out.append(node.name)
+    return out
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_inputs: np.ndarray,
+                  batch: int = 1, nodes_to_quantize: Sequence[str] | None = None) -> Path:
+    """Static int8 QDQ quantization (per-channel weights), calibrated on ``calib_inputs`` ``[n, *input]``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns through the root logger for every fused bias
+    try:
+        import onnx
+
+        name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+        quantize_static(str(fp32_path), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None)
+    finally:
+        root.setLevel(level)
+    return Path(out_path)
+
+
+def _calib_array(calib_inputs: Any, input_shape: Sequence[int], n_default: int = 8) -> tuple[np.ndarray, str]:
+    """Calibration inputs of exactly ``input_shape`` (resized bilinearly if the resolution differs)."""
+    if calib_inputs is None:
+        x = np.random.default_rng(0).standard_normal((n_default, *input_shape)).astype(np.float32)
+        return x, "synthetic N(0,1) inputs (latency only: quantization scales do not change the kernels)"
+    import torch
+
+    t = torch.as_tensor(np.asarray(calib_inputs, dtype=np.float32))
+    if t.dim() != len(input_shape) + 1:
+        raise ConfigError("calib_inputs", f"expected [n, {', '.join(map(str, input_shape))}], got {list(t.shape)}")
+    if tuple(t.shape[1:]) != tuple(input_shape):
+        if t.dim() == 4 and t.shape[1] == input_shape[0]:
+            t = torch.nn.functional.interpolate(t, size=tuple(input_shape[1:]), mode="bilinear",
+                                                align_corners=False)
+        else:
+            raise ConfigError("calib_inputs", f"shape {list(t.shape[1:])} does not match input {list(input_shape)}")
+    return t.numpy(), f"{t.shape[0]} real input samples"
+
+
+# --------------------------------------------------------------------------- measuring
+def measure_onnx(path: str | os.PathLike, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
+                 variant: str = "fp32", provider: str = "CPUExecutionProvider", note: str = "",
+                 **rule: Any) -> Measurement:
+    """Time an ONNX model on a fixed random input of ``(batch, *input_shape)`` with pinned threads."""
+    import onnxruntime as ort
+
+    stats = bench_script.time_onnx(str(path), [batch, *input_shape], threads, provider, **rule)
+    r = stats["rule"]
+    method = (f"onnxruntime {ort.__version__} {provider}, intra_op_num_threads={threads}, inter_op=1, "
+              f"sequential, ORT_ENABLE_ALL; batch {batch}; {variant}; fixed random input; "
+              f"{stats['warmup']} warm-up runs (>= {r['warmup_s']} s), then repeats until the ~95% CI of the "
+              f"median is within {r['rel_tol'] * 100:g}% (min {r['min_repeats']}, max {r['max_repeats']} runs, "
+              f"max {r['max_seconds']:g} s)")
+    if note:
+        method += f"; {note}"
+    return Measurement(status="ok", variant=variant, median_ms=stats["median_ms"], p10_ms=stats["p10_ms"],
+                       p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], count=stats["count"], rel_ci=stats["rel_ci"],
+                       stable=stats["stable"], method=method,
+                       fingerprint=machine_fingerprint(threads, batch, provider))
+
+
+def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
+                   variant: str = "fp32", calib_inputs: Any = None, int8_modules: Sequence[str] | None = None,
+                   workdir: str | os.PathLike | None = None, **rule: Any) -> Measurement:
+    """Measure an ``nn.Module`` for inputs ``(batch, *input_shape)``.
+
+    ``variant="int8"`` quantizes with static QDQ; ``int8_modules`` (dotted submodule names) restricts it
+    to those modules' Conv/Gemm/MatMul nodes, ``None`` quantizes every such node.
+    """
+    from fitplan.onnx_utils import export_onnx
+
+    if variant not in ("fp32", "int8"):
+        raise ConfigError("variant", f"invalid value {variant!r}", ["fp32", "int8"])
+    with tempfile.TemporaryDirectory(prefix="fitplan-measure-") as tmp:
+        d = Path(workdir) if workdir is not None else Path(tmp)
+        fp32 = export_onnx(module, input_shape, d / "model.onnx", batch=batch)
+        if variant == "fp32":
+            return measure_onnx(fp32, input_shape, threads=threads, batch=batch, variant="fp32", **rule)
+        nodes = None
+        scope = "all Conv/Gemm/MatMul nodes"
+        if int8_modules is not None:
+            nodes = nodes_for_modules(fp32, int8_modules)
+            if not nodes:
+                return Measurement(status="not_measurable", variant="int8",
+                                   reason="no ONNX node could be mapped to the 8-bit units",
+                                   fingerprint=machine_fingerprint(threads, batch))
+            scope = f"{len(nodes)} Conv/Gemm/MatMul nodes of the 8-bit units"
+        x, calib_note = _calib_array(calib_inputs, input_shape)
+        q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, nodes_to_quantize=nodes)
+        note = (f"int8 static QDQ (onnxruntime.quantization, per-channel int8 weights, int8 activations, MinMax "
+                f"calibration on {calib_note}) of {scope}")
+        return measure_onnx(q, input_shape, threads=threads, batch=batch, variant="int8", note=note, **rule)
+
+
+def _active_bits(space: Any, cfg: Mapping[str, Any], module: Any) -> list[tuple[int, list[str]]]:
+    units = getattr(module, "fitplan_units", None)
+    if units is None:
+        active = [u.active for u in space.unit_costs(cfg)]
+        return [(b, []) for b, a in zip(cfg["bits"], active) if a]
+    return [(b, list(names)) for b, names in zip(cfg["bits"], units) if names]
+
+
+def _apply_sparsity(module: Any, cfg: Mapping[str, Any]) -> Any:
+    """Apply the config's sparsity masks when the compression module exists (bits handled by ORT)."""
+    if not any(s > 0 for s in cfg.get("sparsity", [])):
+        return module
+    try:
+        from fitplan.search_spaces.compression import apply_compression  # written by another module
+    except ImportError:
+        return module
+    masked_cfg = dict(cfg)
+    masked_cfg["bits"] = [32] * len(cfg["bits"])
+    out = apply_compression(module, masked_cfg)
+    return out if out is not None else module
+
+
+def measure_config(space: Any, config: Mapping[str, Any], profile: HardwareProfile | None = None, *,
+                   threads: int | None = None, batch: int | None = None, supernet: Any = None,
+                   calib_inputs: Any = None, **rule: Any) -> Measurement:
+    """Measure one config of ``space`` on a measurable profile (default ``local-cpu-1t``).
+
+    ``supernet`` may be passed to avoid rebuilding it per config. ``threads`` / ``batch`` override the
+    profile's runtime. Returns a :class:`Measurement` (``not_measurable`` for 4-bit units).
+    """
+    if profile is None:
+        from fitplan.hw_profiles.store import get_profile
+
+        profile = get_profile("local-cpu-1t")
+    require_measurable(profile)
+    thr = int(threads or profile.runtime.threads or 1)
+    bsz = int(batch or profile.runtime.batch)
+    cfg = space.validate(config)
+    net = supernet if supernet is not None else space.build_supernet()
+    module = _apply_sparsity(net.extract(cfg).eval(), cfg)
+    active = _active_bits(space, cfg, module)
+    bits = sorted({b for b, _ in active})
+    shape = tuple(space.input_shape(cfg))
+    if any(b < 8 for b in bits):
+        return Measurement(status="not_measurable", variant=f"int{min(bits)}",
+                           reason=f"{min(bits)}-bit units: onnxruntime's CPU EP has no int{min(bits)} Conv "
+                                  "kernels, so this latency cannot be measured here",
+                           fingerprint=machine_fingerprint(thr, bsz))
+    if bits == [32] or not bits:
+        m = measure_module(module, shape, threads=thr, batch=bsz, variant="fp32", **rule)
+    elif bits == [8]:
+        m = measure_module(module, shape, threads=thr, batch=bsz, variant="int8", calib_inputs=calib_inputs,
+                           **rule)
+    else:
+        names = [n for b, ns in active if b == 8 for n in ns]
+        m = measure_module(module, shape, threads=thr, batch=bsz, variant="int8", calib_inputs=calib_inputs,
+                           int8_modules=names, **rule)
+        if m.ok:
+            m.variant = "mixed-int8"
+    if m.ok and getattr(module, "fitplan_compression", None) is not None:
+        m.method += ("; weight sparsity applied as magnitude masks before export (onnxruntime CPU runs dense "
+                     "kernels, so it does not change latency)")
+    return m
+
+
+def require_measurable(profile: HardwareProfile) -> None:
+    """Raise :class:`ConfigError` unless fitplan can time models on ``profile`` from here."""
+    if not profile.measurable:
+        from fitplan.hw_profiles.store import list_profiles, get_profile
+
+        local = [n for n in list_profiles() if get_profile(n).measurable]
+        raise ConfigError("device", f"profile {profile.name!r} is not measurable from this machine (runtime "
+                                    f"{profile.runtime.engine!r}, local={profile.runtime.local}); use "
+                                    "'fitplan calibrate kit' to measure it on the device itself", local)
+
+
+# --------------------------------------------------------------------------- JSONL datasets
+def config_key(config: Mapping[str, Any]) -> str:
+    """Stable identity of a (validated) config: sha1 of its canonical JSON."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def read_measurements(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Read a measurement JSONL file: ``(header, records)``.
+
+    A torn last line (the process was killed mid-write) is skipped with a warning; a wrong header or
+    version is a :class:`ConfigError`.
+    """
+    path = Path(path)
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
+    if not path.exists():
+        return None, []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s line %d is incomplete or corrupted; skipped", path, i + 1)
+            continue
+        if header is None:
+            if not isinstance(doc, dict) or doc.get("format") != MEASUREMENTS_FORMAT:
+                raise ConfigError("out", f"{path} is not a fitplan measurements file", [MEASUREMENTS_FORMAT])
+            if doc.get("format_version") != MEASUREMENTS_VERSION:
+                raise ConfigError("format_version", f"{path} has unsupported version "
+                                                    f"{doc.get('format_version')!r}", [MEASUREMENTS_VERSION])
+            header = doc
+            continue
+        if isinstance(doc, dict) and "config" in doc and "status" in doc:
+            records.append(doc)
+    return header, records
+
+
+def _append_line(path: Path, doc: Mapping[str, Any]) -> None:
+    """Append one JSON line, flushed and fsynced; first repairs a torn last line (adds the newline)."""
+    need_nl = False
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            need_nl = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        if need_nl:
+            f.write("\n")
+        f.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: HardwareProfile,
+                    out: str | os.PathLike, *, calib_inputs: Any = None, progress: bool = True,
+                    retry_errors: bool = True, **rule: Any) -> list[dict[str, Any]]:
+    """Measure ``configs`` into the JSONL file ``out``; resume when it already holds some of them.
+
+    Each line: ``config``, ``key``, ``status``, ``variant``, ``median_ms``, ``p10_ms``, ``p90_ms``,
+    ``count``, ``rel_ci``, ``stable``, ``method``, ``fingerprint``, ``measured_at``, ``seconds`` (wall time
+    spent). Configs already in the file (``ok`` or ``not_measurable``) are skipped; ``error`` lines are
+    retried when ``retry_errors``. The file's header pins space spec, profile, threads and batch: adding
+    to a file measured for something else is a :class:`ConfigError`. Returns all records of the file for
+    the given configs, in the given order.
+    """
+    from tqdm.auto import tqdm
+
+    require_measurable(profile)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": MEASUREMENTS_FORMAT, "format_version": MEASUREMENTS_VERSION, "space": space.spec(),
+              "profile": profile.name, "threads": profile.runtime.threads, "batch": profile.runtime.batch,
+              "created": utc_now()}
+    old_header, old = read_measurements(out)
+    if old_header is None:
+        if out.exists() and out.stat().st_size > 0:
+            raise ConfigError("out", f"{out} exists but has no fitplan measurements header; refusing to append")
+        _append_line(out, header)
+    else:
+        for k in ("space", "profile", "threads", "batch"):
+            if old_header.get(k) != header[k]:
+                raise ConfigError("out", f"{out} was measured with {k}={old_header.get(k)!r}, not {header[k]!r}; "
+                                         "use another --out file")
+    done: dict[str, dict[str, Any]] = {}
+    for r in old:
+        if r["status"] != "error" or not retry_errors:
+            done[r["key"]] = r
+    todo: list[tuple[str, dict[str, Any]]] = []
+    order: list[str] = []
+    for c in configs:
+        cfg = space.validate(c)
+        k = config_key(cfg)
+        order.append(k)
+        if k not in done and all(k != t[0] for t in todo):
+            todo.append((k, cfg))
+    supernet = space.build_supernet().eval() if todo else None
+    bar = tqdm(todo, desc=f"measure {space.name} on {profile.name}", unit="cfg", disable=not progress)
+    for k, cfg in bar:
+        t0 = time.time()
+        try:
+            m = measure_config(space, cfg, profile, supernet=supernet, calib_inputs=calib_inputs, **rule)
+        except ConfigError:
+            raise
+        except Exception as e:  # record and continue: one failing subnet must not lose the others
+            log.warning("measuring config %s failed: %s", k, e)
+            m = Measurement(status="error", variant="?", reason=f"{type(e).__name__}: {e}",
+                            fingerprint=machine_fingerprint(profile.runtime.threads or 1, profile.runtime.batch))
+        rec = {"key": k, "config": cfg, **m.to_dict(), "seconds": round(time.time() - t0, 3)}
+        _append_line(out, rec)
+        done[k] = rec
+        if m.ok:
+            bar.set_postfix_str(f"{m.variant} {m.median_ms:.2f} ms")
+    return [done[k] for k in order if k in done]
+
+
+def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int] = (8, 32)) -> list[dict[str, Any]]:
+    """``n`` distinct configs for a measured dataset, in groups of three: an architecture in fp32 and the
+    *same* architecture all-int8 (so the int8 speed-up is measured pairwise), then another architecture
+    with a random per-unit mix of ``bits``. The first two architectures are the smallest and largest;
+    the rest sample every arch / resolution dimension. Sparsity stays 0 (onnxruntime CPU has no sparse
+    kernels, so it would not change latency)."""
+    if n < 1:
+        raise ConfigError("n", f"must be >= 1, got {n}")
+    bad = [b for b in bits if b not in space.bits_choices]
+    if bad:
+        raise ConfigError("bits", f"{bad[0]} is not a bits choice of {space.name!r}", space.bits_choices)
+    rng = np.random.default_rng(seed)
+    units = len(space.units())
+    hi, lo = max(bits), min(bits)
+    fixed = [space.smallest(), space.largest()]
+
+    def next_arch() -> dict[str, Any]:
+        return fixed.pop(0) if fixed else space.sample(rng, compression=False)
+
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(cfg: dict[str, Any]) -> None:
+        cfg = space.validate(cfg)
+        k = config_key(cfg)
+        if k not in seen and len(out) < n:
+            seen.add(k)
+            out.append(cfg)
+
+    tries = 0
+    while len(out) < n and tries < 50 * n + 100:
+        tries += 1
+        a = next_arch()
+        add({**a, "bits": [hi] * units})
+        if lo != hi:
+            add({**a, "bits": [lo] * units})
+            b = next_arch()
+            add({**b, "bits": [int(bits[int(j)]) for j in rng.integers(len(bits), size=units)]})
+    return out

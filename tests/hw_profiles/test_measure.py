@@ -1,0 +1,147 @@
+"""Local onnxruntime measurement and resumable JSONL datasets (structure and positivity, not timings)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fitplan.hw_profiles.measure as measure_mod
+from fitplan.cli import main
+from fitplan.errors import ConfigError
+from fitplan.hw_profiles import (DatasetRef, Provenance, get_profile, load_dataset, profile_samples, measure_config, measure_configs, measure_module,
+                                 read_measurements, sample_measure_configs)
+from fitplan.hw_profiles.builtin import int8_speedup_from_records
+from fitplan.hw_profiles.measure import nodes_for_modules, scope_qualname
+from fitplan.onnx_utils import export_onnx
+
+from hwtest_helpers import FAST
+
+
+def _check_ok(m):
+    assert m.status == "ok" and m.ok
+    assert 0 < m.p10_ms <= m.median_ms <= m.p90_ms
+    assert m.count >= FAST["min_repeats"]
+    fp = m.fingerprint
+    for k in ("cpu_model", "logical_cores", "onnxruntime", "torch", "threads", "batch"):
+        assert k in fp
+    assert "intra_op_num_threads=1" in m.method
+
+
+def test_measure_module_fp32():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    m = measure_module(net, (3, 16, 16), threads=1, **FAST)
+    _check_ok(m)
+    assert m.variant == "fp32" and m.fingerprint["batch"] == 1
+    d = m.to_dict()
+    assert json.loads(json.dumps(d))["median_ms"] == m.median_ms
+
+
+def test_measure_config_variants(tiny_space):
+    prof = get_profile("local-cpu-1t")
+    big = tiny_space.largest()
+    fp32 = measure_config(tiny_space, big, prof, **FAST)
+    _check_ok(fp32)
+    int8 = measure_config(tiny_space, {**big, "bits": [8] * 4}, prof, **FAST)
+    _check_ok(int8)
+    assert int8.variant == "int8" and "QDQ" in int8.method
+    mixed = measure_config(tiny_space, {**big, "bits": [8, 32, 32, 8]}, prof, **FAST)
+    _check_ok(mixed)
+    assert mixed.variant == "mixed-int8" and "2 Conv/Gemm/MatMul nodes" in mixed.method
+    # an inactive unit's bits do not matter: d=1 makes b2 inactive
+    small = {**tiny_space.smallest(), "bits": [32, 32, 4, 32]}
+    assert measure_config(tiny_space, small, prof, **FAST).variant == "fp32"
+    sparse = measure_config(tiny_space, {**big, "sparsity": [0.5] * 4}, prof, **FAST)
+    _check_ok(sparse)
+    four = measure_config(tiny_space, {**big, "bits": [4, 32, 32, 32]}, prof, **FAST)
+    assert four.status == "not_measurable" and "int4" in four.reason and four.median_ms is None
+
+
+def test_not_measurable_profile(tiny_space):
+    with pytest.raises(ConfigError, match="not measurable"):
+        measure_config(tiny_space, tiny_space.smallest(), get_profile("pixel3"))
+
+
+def test_scope_mapping(tiny_space, tmp_path):
+    assert scope_qualname("/blocks/blocks.1/blocks.1.0/Conv") == "blocks.1.0"
+    assert scope_qualname("/blocks/blocks.0/conv/Conv") == "blocks.0.conv"
+    assert scope_qualname("/stem/Conv") == "stem"
+    assert scope_qualname("/ReduceMean") == ""
+    net = tiny_space.build_supernet().extract(tiny_space.largest())
+    path = export_onnx(net, (3, 16, 16), tmp_path / "m.onnx")
+    assert len(nodes_for_modules(path, ["b1"])) == 1
+    assert len(nodes_for_modules(path, ["stem", "b2", "head"])) == 3
+
+
+def test_measure_configs_resume(tiny_space, tmp_path, monkeypatch):
+    prof = get_profile("local-cpu-1t")
+    configs = sample_measure_configs(tiny_space, 4, seed=1)
+    assert len({json.dumps(c, sort_keys=True) for c in configs}) == 4
+    assert configs[0]["bits"] == [32] * 4 and configs[1]["bits"] == [8] * 4
+    out = tmp_path / "m.jsonl"
+    calls = []
+    real = measure_mod.measure_config
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(measure_mod, "measure_config", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        measure_configs(tiny_space, configs, prof, out, progress=False, **FAST)
+    header, recs = read_measurements(out)
+    assert header["profile"] == "local-cpu-1t" and len(recs) == 2
+    with open(out, "a") as f:  # a torn line, as if killed mid-write
+        f.write('{"key": "abc", "conf')
+    calls.clear()
+    monkeypatch.setattr(measure_mod, "measure_config", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    recs = measure_configs(tiny_space, configs, prof, out, progress=False, **FAST)
+    assert len(calls) == 2 and len(recs) == 4
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["fingerprint"]["threads"] == 1 for r in recs)
+    _, all_recs = read_measurements(out)
+    assert len(all_recs) == 4  # the torn line was skipped, nothing measured was lost
+    assert {r["variant"] for r in recs} >= {"fp32", "int8"}
+    verdict = int8_speedup_from_records(out)  # smallest arch is measured in fp32 and int8
+    assert verdict is not None and verdict[0] in ("yes", "no", "unknown") and "1 pairs" in verdict[1]
+    # once a shipped local dataset exists, local-cpu-1t references it and takes int8 capability from it
+    import fitplan.hw_profiles.builtin as builtin_mod
+    monkeypatch.setattr(builtin_mod, "LOCAL_DATASETS", {("local-cpu-1t", tiny_space.name): str(out)})
+    local = get_profile("local-cpu-1t")
+    assert local.capabilities.int8_speedup == verdict[0] and "capabilities.int8_speedup" in local.provenance
+    assert len(profile_samples(local, tiny_space.name)) == 4
+    # the file is a dataset a profile can reference; a missing file is reported, not crashed on
+    ref = DatasetRef(space=tiny_space.name, dataset=f"jsonl:{out}", variant="config",
+                     provenance=Provenance("measured", "this test"))
+    data = load_dataset(ref)
+    assert len(data) == 4 and (data.latency_ms > 0).all() and data.configs[0] == configs[0]
+    prof2 = get_profile("local-cpu-1t").copy()
+    prof2.datasets = [DatasetRef(space="x", dataset=f"jsonl:{tmp_path / 'none.jsonl'}", variant="config",
+                                 provenance=Provenance("measured", "this test"))]
+    assert profile_samples(prof2, "x") is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_dataset(prof2.datasets[0])
+    # a file of another space / profile is refused
+    with pytest.raises(ConfigError, match="profile"):
+        measure_configs(tiny_space, configs, _other_profile(), out, progress=False)
+
+
+def _other_profile():
+    p = get_profile("local-cpu-1t").copy()
+    p.name = "local-other"
+    return p
+
+
+def test_cli_measure(registered_tiny, home, tmp_path, capsys):
+    out = tmp_path / "cli.jsonl"
+    rc = main(["measure", "--space", registered_tiny, "--n", "2", "--out", str(out), "--max-seconds", "0.3"])
+    assert rc == 0
+    assert "2/2 configs measured" in capsys.readouterr().out
+    _, recs = read_measurements(out)
+    assert len(recs) == 2
+    assert main(["measure", "--space", registered_tiny, "--device", "pixel3", "--n", "1"]) == 2
+    assert "not measurable" in capsys.readouterr().err
+    assert main(["measure", "--space", registered_tiny, "--bits", "8,16", "--n", "1"]) == 2
