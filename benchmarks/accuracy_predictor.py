@@ -80,7 +80,7 @@ def main() -> None:
     print(f"measured {m['n_measured']} subnets on mnist5k val ({data.info.sizes['val']} images), BN recalibrated "
           f"on {args.calib_batches * 64} train images: accuracy {accs.min():.4f} .. {accs.max():.4f} "
           f"(mean {accs.mean():.4f}, std {accs.std():.4f})")
-    print(f"5-fold CV Kendall tau: " + ", ".join(f"{k} {v:.3f}" for k, v in m["cv_kendall_tau"].items())
+    print("5-fold CV Kendall tau: " + ", ".join(f"{k} {v:.3f}" for k, v in m["cv_kendall_tau"].items())
           + f"  -> chosen: {m['model']}")
     print(f"held-out subnets (n={m['n_holdout']}, never fitted on): Kendall tau {m['kendall_tau_holdout']:.3f}, "
           f"Spearman {m['spearman_holdout']:.3f}, MAE {m['mae_holdout']:.4f}")

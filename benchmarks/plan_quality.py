@@ -86,7 +86,6 @@ def feasible_hv(problem, values, cons, ref) -> float:
 
 
 def search_part(quick: bool, out: Path) -> dict:
-    import optuna
 
     from fitplan.planner.api import PlanRequest, prepare
     from fitplan.planner.budget import Budget
@@ -150,7 +149,7 @@ def print_search(res: dict) -> None:
         print(f"\n## Search quality: {key}, latency budget {r['budget_ms']:.2f} ms (predicted), "
               f"{r['n_evals']} evaluations, seeds {r['seeds']}")
         print(f"accuracy: {r['accuracy_by']}...; latency: {r['latency_by']}...")
-        print(f"| method | HV (mean +- std) | HV / random | seconds |\n|---|---|---|---|")
+        print("| method | HV (mean +- std) | HV / random | seconds |\n|---|---|---|---|")
         for name, row in r["rows"].items():
             print(f"| {name} | {row['hv_mean']:.5g} +- {row['hv_std']:.2g} | {row['hv_vs_random']:.3f} | "
                   f"{row['seconds']:.1f} |")

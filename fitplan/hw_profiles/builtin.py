@@ -16,6 +16,7 @@ import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from fitplan.hw_profiles.latency_data import SHIPPED_SPACES, load_latency_dataset
 from fitplan.hw_profiles.profile import (Capabilities, DatasetRef, HardwareProfile, Provenance, Runtime,

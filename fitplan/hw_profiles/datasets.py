@@ -65,7 +65,7 @@ def _load_shipped(ref: DatasetRef, arg: str) -> LatencySamples:
 
     ds = load_latency_dataset(arg)
     if ref.column is None:
-        raise ConfigError("datasets.column", f"a shipped dataset reference needs a device column", ds.devices)
+        raise ConfigError("datasets.column", "a shipped dataset reference needs a device column", ds.devices)
     lat = np.asarray(ds.device(ref.column), dtype=np.float64)
     return LatencySamples(ref.space, ds.archs(), lat, ref.provenance.text)
 

@@ -65,7 +65,7 @@ def _reference_archs(space: Any) -> list[dict[str, Any]]:
 def choose_kit_configs(space: Any, n: int, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
     """``n`` distinct uncompressed configs, each with its role (``help_reference:<idx>``, ``smallest``,
     ``largest``, ``spread``)."""
-    from fitplan.hw_profiles.latency_data import SHIPPED_SPACES, load_latency_dataset
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
     from fitplan.hw_profiles.measure import config_key
 
     if n < 1:
@@ -315,7 +315,7 @@ def import_results(results_path: str | Path, name: str, *, kind: str = "cpu", ma
         capabilities=caps, memory_limit_mb=memory_limit_mb, datasets=datasets, provenance=prov)
     prof.validate()
     keep = fitplan_home() / "calibrations" / name / "results.json"
-    path = save_profile(prof, overwrite=True)
+    save_profile(prof, overwrite=True)
     atomic_write_text(keep, dumps(results) + "\n")
     atomic_write_text(keep.with_name("manifest.json"), dumps(manifest) + "\n")
     prof = get_profile(name)

@@ -34,7 +34,6 @@ def submit(spec: JobSpec | Mapping[str, Any] | str | Path, storage: str | JobSto
 
 def _trial_counts(store: JobStore, study_name: str) -> dict[str, int]:
     """Trial counts by state for a job's study (empty before the study exists)."""
-    import optuna
     from optuna.trial import TrialState
 
     from fitplan.jobs.gate import count_trials

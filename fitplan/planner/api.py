@@ -13,11 +13,10 @@
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -610,21 +609,13 @@ def _measure_artifact(ctx: PlanContext, path: str, shape: Any) -> dict[str, Any]
     """Time the exported deliverable itself on this machine (the ONNX file the user will run)."""
     threads = int(ctx.profile.runtime.threads or 1)
     rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if ctx.request.quick else {"max_seconds": 3.0}
-    try:
-        from fitplan.hw_profiles.measure import measure_onnx
+    from fitplan.hw_profiles.measure import measure_onnx
 
-        m = measure_onnx(path, shape, threads=threads, batch=ctx.budget.batch_size,
-                         variant="int8-qdq" if "int8" in Path(path).name else "fp32",
-                         note=f"exported artifact {Path(path).name}", **rule)
-        return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "method": "measured: " + m.method,
-                "when": m.measured_at}
-    except ImportError:
-        from fitplan.planner.measure import time_onnx
-
-        r = time_onnx(path, shape, batch=ctx.budget.batch_size, threads=threads)
-        return {"value": r["median_ms"], "p10": r["p10_ms"], "p90": r["p90_ms"],
-                "method": f"measured: onnxruntime CPU EP, {threads} thread(s), median of {r['repeats']} runs, "
-                          f"exported artifact {Path(path).name}"}
+    m = measure_onnx(path, shape, threads=threads, batch=ctx.budget.batch_size,
+                     variant="int8-qdq" if "int8" in Path(path).name else "fp32",
+                     note=f"exported artifact {Path(path).name}", **rule)
+    return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "method": "measured: " + m.method,
+            "when": m.measured_at}
 
 
 def _closest_violation(study: Any, problem: SearchProblem) -> str:

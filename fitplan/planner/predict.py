@@ -98,69 +98,18 @@ class LocalCostModel:
 def measure_latency(space: Any, config: Config, profile: Any, *, supernet: Any = None, batch: int = 1,
                     threads: int = 1, rule: Mapping[str, Any] | None = None,
                     calib: Any = None) -> dict[str, Any]:
-    """One local measurement as ``{"value": ms | None, "p10", "p90", "method", "status"}``.
+    """One local measurement as ``{"value": ms | None, "p10", "p90", "method", "status"}`` through
+    :func:`fitplan.hw_profiles.measure.measure_config` (static int8 QDQ for 8-bit units, 4-bit not
+    measurable on ORT CPU)."""
+    from fitplan.hw_profiles.measure import measure_config
 
-    Uses :func:`fitplan.hw_profiles.measure.measure_config` (static int8 QDQ for 8-bit units, 4-bit not
-    measurable on ORT CPU); falls back to :func:`fitplan.planner.measure.measure_config`.
-    """
-    rule = dict(rule or {})
-    try:
-        from fitplan.hw_profiles.measure import measure_config as hw_measure
-    except ImportError:
-        hw_measure = None
-    if hw_measure is not None and profile is not None and not isinstance(profile, str):
-        m = hw_measure(space, config, profile, threads=threads, batch=batch, supernet=supernet,
-                       calib_inputs=calib, **rule)
-        if not m.ok:
-            return {"value": None, "status": m.status, "method": m.reason or m.method}
-        return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "status": "ok",
-                "method": "measured: " + m.method + f"; host {m.fingerprint.get('hostname', m.fingerprint.get('host', ''))}",
-                "when": m.measured_at}
-    from fitplan.planner.measure import measure_config as own
-
-    r = own(space, config, supernet=supernet, batch=batch, threads=threads,
-            repeats=int(rule.get("min_repeats", 30)))
-    return {"value": r["median_ms"], "p10": r["p10_ms"], "p90": r["p90_ms"], "status": "ok",
-            "method": r["method"], "when": r["when"]}
-
-
-class DatasetLUT:
-    """Additive lookup-table latency model (FBNet-style LUT, generalised): ridge regression of a device's
-    *shipped measured* latencies on the one-hot architecture features of the space. Only used when the
-    profile references a shipped dataset of this space with the default spec and no meta-learned predictor
-    is available."""
-
-    models_compression = False
-
-    def __init__(self, space: Any, coef: np.ndarray, n: int, column: str, r2: float):
-        self.space, self.coef, self.n, self.column, self.r2 = space, coef, n, column, r2
-
-    def _x(self, configs: Sequence[Config]) -> np.ndarray:
-        return np.asarray([self.space.arch_features(c)[1] + [1.0] for c in configs], dtype=np.float64)
-
-    def predict(self, configs: Sequence[Config]) -> np.ndarray:
-        return np.maximum(self._x(configs) @ self.coef, 1e-6)
-
-    @classmethod
-    def fit(cls, space: Any, profile: Any, ridge: float = 1e-3) -> "DatasetLUT":
-        from fitplan.hw_profiles.latency_data import load_latency_dataset
-        from fitplan.search_spaces import create_space
-
-        ref = profile.dataset_for(space.name) if hasattr(profile, "dataset_for") else None
-        if ref is None or not str(ref.dataset).startswith("shipped:"):
-            raise ConfigError("device", f"{getattr(profile, 'name', profile)!r} has no shipped {space.name} data")
-        if space.spec() != create_space(space.name).spec():
-            raise ConfigError("device", "the shipped data was measured for the default spec of the space only")
-        ds = load_latency_dataset(space.name)
-        y = ds.device(ref.column or profile.name)
-        configs = [space.validate(a) for a in ds.archs()]
-        model = cls(space, np.zeros(1), len(configs), ref.column or profile.name, 0.0)
-        x = model._x(configs)
-        a = x.T @ x + ridge * len(y) * np.eye(x.shape[1])
-        model.coef = np.linalg.solve(a, x.T @ y)
-        pred = x @ model.coef
-        model.r2 = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
-        return model
+    m = measure_config(space, config, profile, threads=threads, batch=batch, supernet=supernet,
+                       calib_inputs=calib, **dict(rule or {}))
+    if not m.ok:
+        return {"value": None, "status": m.status, "method": m.reason or m.method}
+    host = m.fingerprint.get("hostname", m.fingerprint.get("host", ""))
+    return {"value": m.median_ms, "p10": m.p10_ms, "p90": m.p90_ms, "status": "ok",
+            "method": f"measured: {m.method}; host {host}", "when": m.measured_at}
 
 
 def effects_to_speedups(effects: Mapping[str, float]) -> dict[str, float]:
@@ -209,14 +158,6 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
                     f"{pred.n_samples} samples; known compression effects: {sorted(pred.effects) or 'none'})")
             return predict, desc, bool(pred.effects), effects_to_speedups(pred.effects)
         except (ImportError, FitplanError, KeyError, ValueError, NotImplementedError) as e:
-            errors.append(f"{type(e).__name__}: {e}")
-    if not local:
-        try:
-            lut = DatasetLUT.fit(space, profile)
-            return lut.predict, (f"predicted: planner DatasetLUT (ridge on one-hot arch features) fitted to "
-                                 f"{lut.n} shipped measurements of column {lut.column!r} (train R^2 {lut.r2:.3f})"), \
-                False, {}
-        except FitplanError as e:
             errors.append(f"{type(e).__name__}: {e}")
     if local:
         cache = out_dir / "latency_calibration.json" if out_dir is not None else None

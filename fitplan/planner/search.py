@@ -495,7 +495,6 @@ def run_evolve(study: Any, problem: SearchProblem, n_evals: int, seed: int = 0, 
 
 
 def _front_trials(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
 
     try:
         return list(study.best_trials)

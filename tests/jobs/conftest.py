@@ -6,8 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator

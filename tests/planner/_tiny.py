@@ -5,6 +5,10 @@ stem conv (8) -> 2 stages x up to 2 conv blocks (width {4, 8}, depth {1, 2}, fir
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
+
 import torch
 import torch.nn as nn
 
@@ -124,3 +128,23 @@ class _TinyStatic(nn.Module):
 
 if "planner_tiny" not in SPACES:
     register_space("planner_tiny")(TinySpace)
+
+
+class FakeProfile(SimpleNamespace):
+    """A non-local device profile with an analytic latency model (tests only)."""
+
+
+def make_fake_profile(name="fake-phone", local=False, batch=1, caps=None, energy=False):
+    from fitplan.hw_profiles.profile import Capabilities, Runtime
+
+    return FakeProfile(name=name, kind="phone", runtime=Runtime(engine="unknown", batch=batch, local=local),
+                       capabilities=Capabilities(**(caps or {})), energy_available=energy)
+
+
+def analytic_latency(space):
+    """ms = 0.01 + MACs / 1e6 (a stand-in predictor)."""
+
+    def predict(configs):
+        return np.asarray([0.01 + sum(u.macs for u in space.unit_costs(c)) / 1e6 for c in configs])
+
+    return predict

@@ -1,33 +1,10 @@
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import _tiny  # noqa: E402,F401  (registers "planner_tiny")
-
-
-class FakeProfile(SimpleNamespace):
-    """A non-local device profile with an analytic latency model (tests only)."""
-
-
-def make_fake_profile(name="fake-phone", local=False, batch=1, caps=None, energy=False):
-    from fitplan.hw_profiles.profile import Capabilities, Runtime
-
-    return FakeProfile(name=name, kind="phone", runtime=Runtime(engine="unknown", batch=batch, local=local),
-                       capabilities=Capabilities(**(caps or {})), energy_available=energy)
-
-
-def analytic_latency(space):
-    """ms = 0.01 + MACs / 1e6 (a stand-in predictor)."""
-
-    def predict(configs):
-        return np.asarray([0.01 + sum(u.macs for u in space.unit_costs(c)) / 1e6 for c in configs])
-
-    return predict
+from _tiny import analytic_latency  # noqa: E402  (importing _tiny registers "planner_tiny")
 
 
 @pytest.fixture
