@@ -3,7 +3,10 @@
 For every device of a space: build the meta-prior from the *other* devices (protocol), adapt with N
 measured samples of the held-out device (several random draws, plus HELP's 10 fixed reference archs),
 predict every remaining arch, and score Spearman / Kendall / median APE / share within ±10% against the
-held-out device's measurements. Baselines: FLOPs proxy (a + b·MACs on the N samples), nearest source
+held-out device's measurements. Models: ``ours+basis`` (shipped: additive posterior blended in log space with a
+Bayesian model average of rescaled source devices, using the sources' *measured* latencies on the pool archs,
+see fitplan/predictors/basis.py) and ``ours`` (additive cost-table posterior only, the previous model).
+Baselines: FLOPs proxy (a + b·MACs on the N samples), nearest source
 device scaled, plain ridge on the N samples. Column ``own-4000``: the device's own additive table fitted on 4000
 of its archs and scored on the other 1000 -- a reference for how noisy its measurements are (phones are
 logged in whole ms), not a strict ceiling: the few-shot prior can denoise and beat it.
@@ -12,6 +15,7 @@ logged in whole ms), not a strict ceiling: the few-shot prior can denoise and be
     python benchmarks/predictor_fewshot.py --protocol loco    # stricter: no source device of the same class
     python benchmarks/predictor_fewshot.py --target clean     # noise-free (additive) proxy targets
     python benchmarks/predictor_fewshot.py --tune             # re-run the hyper-parameter search
+    python benchmarks/predictor_fewshot.py --tune-basis       # re-run the measured-basis blend search
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import numpy as np  # noqa: E402
 
 from fitplan.predictors.fewshot import evaluate, noise_ceiling  # noqa: E402
 
-METHODS = ("ours", "flops", "nearest", "ridge")
+METHODS = ("ours+basis", "ours", "flops", "nearest", "ridge")
+MAIN = "ours+basis"
 
 
 def table(space: str, args: argparse.Namespace) -> None:
@@ -46,17 +51,17 @@ def table(space: str, args: argparse.Namespace) -> None:
         by[(r["samples"], r["n"])].setdefault(r["method"], []).append(r)
     for (kind, n), per_m in sorted(by.items(), key=lambda kv: (kv[0][0] != "random", kv[0][1])):
         print(f"\n### N={n} ({kind} samples)")
-        print(f"| device | split | own-4000 | " + " | ".join(METHODS) + " | ours min-draw Spearman |")
+        print("| device | split | own-4000 | " + " | ".join(METHODS) + f" | {MAIN} min-draw Spearman |")
         print("|---|---|---|" + "---|" * len(METHODS) + "---|")
         split = {d: "train" for d in ds.split["train"]} | {d: "valid" for d in ds.split["valid"]}
-        devs = [r["device"] for r in per_m["ours"]]
+        devs = [r["device"] for r in per_m[MAIN]]
         for i, dev in enumerate(devs):
             cells = []
             for m in METHODS:
                 r = per_m[m][i]
                 cells.append(f"{r['spearman']:.3f}/{r['kendall']:.3f}/{r['mape']:.1f}/{r['within10']:.0f}")
             print(f"| {dev} | {split.get(dev, '-')} | {ceil[dev]:.3f} | " + " | ".join(cells)
-                  + f" | {per_m['ours'][i]['spearman_min_draw']:.3f} |")
+                  + f" | {per_m[MAIN][i]['spearman_min_draw']:.3f} |")
         summ = []
         for m in METHODS:
             sp = [r["spearman"] for r in per_m[m]]
@@ -97,6 +102,29 @@ def tune(space: str, n_candidates: int = 40, seed: int = 0) -> None:
         print(space, f"{obj:.4f}", hp)
 
 
+def tune_basis(space: str) -> None:
+    """Grid search of the measured-basis blend (sigma, sigma_b, rho) by LODO over HELP's meta-train devices
+    only (sources restricted to meta-train devices too; measured targets, N=10, 5 draws)."""
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
+    from fitplan.predictors.basis import BasisHyper
+
+    ds = load_latency_dataset(space)
+    pool = list(ds.split["train"])
+    out = []
+    for sigma in (0.01, 0.02, 0.04):
+        for sigma_b in (0.0, 0.3):
+            for rho in (0.0, 0.15, 0.3, 0.5):
+                if rho == 0.0 and (sigma, sigma_b) != (0.02, 0.3):
+                    continue
+                h = BasisHyper(sigma, sigma_b, rho)
+                rows = evaluate(space, draws=5, methods=("ours+basis",), devices=pool, pool=pool, basis=h)
+                obj = np.mean([r["spearman"] for r in rows]) - 0.01 * np.median([r["mape"] for r in rows])
+                out.append((float(obj), h.to_dict()))
+                print(space, f"{obj:.4f}", h.to_dict(), flush=True)
+    out.sort(key=lambda t: -t[0])
+    print("best", space, out[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", nargs="+", default=["fbnet", "ofa_mbv3"])
@@ -105,10 +133,13 @@ def main() -> None:
     ap.add_argument("--protocol", default="lodo", choices=["lodo", "lofo", "loco"])
     ap.add_argument("--target", default="measured", choices=["measured", "clean"])
     ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--tune-basis", action="store_true")
     args = ap.parse_args()
     for space in args.space:
         if args.tune:
             tune(space)
+        elif args.tune_basis:
+            tune_basis(space)
         else:
             table(space, args)
 

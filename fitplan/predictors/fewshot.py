@@ -77,8 +77,33 @@ class Context:
 
 
 def method_ours(ctx: Context) -> np.ndarray:
-    """Meta-learned Gaussian prior over cost tables + closed-form few-shot posterior."""
+    """Additive model only (the v1 shipped model): meta-learned Gaussian prior over cost tables +
+    closed-form few-shot posterior."""
     return ctx.x @ ctx.prior.posterior_table(ctx.x[ctx.idx], ctx.y_s)
+
+
+_COLS: dict = {}
+
+
+def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
+    """Additive posterior blended in log space with the Bayesian model average of rescaled source devices
+    (:mod:`fitplan.predictors.basis`; the shipped adapt path: pool archs use the sources' measured latencies).
+    ``hyper`` (a :class:`~fitplan.predictors.basis.BasisHyper`) defaults to the shipped per-space constants."""
+    from fitplan.predictors.basis import bma_log_predict, fit_bma, source_columns
+    from fitplan.predictors.latency import DEFAULT_BASIS
+
+    space, devices = ctx.prior.space, tuple(ctx.prior.devices)
+    h = hyper or DEFAULT_BASIS[space]
+    base = method_ours(ctx)
+    if h.rho <= 0:
+        return base
+    key = (space, devices, ctx.x.shape)
+    if key not in _COLS:
+        _COLS.clear()
+        _COLS[key] = source_columns(space, devices, ctx.x)[0]
+    s = _COLS[key]
+    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h)
+    return np.exp(h.rho * bma_log_predict(s, w, a, b) + (1 - h.rho) * np.log(np.maximum(base, 1e-6)))
 
 
 def method_flops(ctx: Context) -> np.ndarray:
@@ -108,7 +133,8 @@ def method_ridge(ctx: Context, alpha: float = 1.0) -> np.ndarray:
 
 
 METHODS: dict[str, Callable[[Context], np.ndarray]] = {
-    "ours": method_ours, "flops": method_flops, "nearest": method_nearest, "ridge": method_ridge}
+    "ours+basis": method_ours_basis, "ours": method_ours, "flops": method_flops, "nearest": method_nearest,
+    "ridge": method_ridge}
 
 
 # ------------------------------------------------------------------------------------------ protocol
@@ -120,13 +146,14 @@ def sample_sets(n_archs: int, n: int, draws: int, seed: int = 0) -> list[np.ndar
 def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, protocol: str = "lodo",
              target: str = "measured", methods: Sequence[str] = ("ours",), hyper: HyperParams | None = None,
              devices: Sequence[str] | None = None, pool: Sequence[str] | None = None,
-             reference: bool = False, seed: int = 0) -> list[dict]:
+             reference: bool = False, seed: int = 0, basis=None) -> list[dict]:
     """Run the few-shot protocol; one row per (device, N, method, sample set kind) with mean metrics.
 
     Args:
         devices: held-out devices to score (default: all of the space).
         pool: devices that may serve as sources (default: all); tuning passes the meta-train devices only.
         reference: also score HELP's 10 fixed reference archs as the sample set (``N=10``).
+        basis: :class:`~fitplan.predictors.basis.BasisHyper` for ``ours+basis`` (default: shipped constants).
     """
     from fitplan.hw_profiles.latency_data import load_latency_dataset
 
@@ -162,7 +189,7 @@ def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, pr
                     mask = np.ones(len(y), dtype=bool)
                     mask[idx] = False
                     ctx = Context(x, idx, y[idx], prior, lat[:, cols], macs)
-                    pred = METHODS[m](ctx)
+                    pred = method_ours_basis(ctx, basis) if m == "ours+basis" else METHODS[m](ctx)
                     for k, v in metrics(pred[mask], y[mask]).items():
                         acc.setdefault(k, []).append(v)
                 rows.append({"space": space, "device": dev, "n": n, "samples": kind, "method": m,
@@ -188,5 +215,5 @@ def noise_ceiling(space: str, train_frac: float = 0.8) -> dict[str, float]:
     return out
 
 
-__all__ = ["METHODS", "Context", "device_class", "device_family", "evaluate", "metrics", "noise_ceiling",
-           "sample_sets", "source_devices"]
+__all__ = ["METHODS", "Context", "device_class", "device_family", "evaluate", "method_ours_basis", "metrics",
+           "noise_ceiling", "sample_sets", "source_devices"]

@@ -3,8 +3,11 @@
 :class:`LatencyPredictor` holds the meta-trained state of one space (a Gaussian prior over per-device
 layer-wise cost tables, see :mod:`fitplan.predictors.meta`). ``adapt(samples)`` turns ``N`` measured
 ``(arch, ms)`` pairs of a new device into an :class:`AdaptedPredictor` in milliseconds; its state is one
-cost table (a few hundred floats), so ``predict`` is a feature lookup plus one matrix-vector product and
-``state_dict()`` fits in a hardware profile's JSON.
+cost table (a few hundred floats) plus, since format version 2, a measured-basis part (a few source-device
+weights, :mod:`fitplan.predictors.basis`): the prediction is blended in log space with rescaled source
+devices' latencies -- their *measured* values for archs of the shipped pool, their additive tables otherwise.
+``predict`` stays a feature lookup, a hash lookup and a few vector products; ``state_dict()`` fits in a
+hardware profile's JSON.
 
 Compression: the shipped device data are all fp32. A config with ``bits`` < 32, ``sparsity`` > 0 or
 ``tokens`` is predicted only when the calibration samples contained such configs (then a per-effect
@@ -28,12 +31,13 @@ from fitplan.paths import package_data
 from fitplan.predictors.features import (
     COMPRESSION_KEYS, FBNET_LAYERS, FBNET_OPS, OFA_BLOCKS, OFA_D, OFA_E, OFA_KS, OFA_R_RANGE, PREDICTOR_SPACES,
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
+from fitplan.predictors.basis import BasisHyper, available_devices, bma_log_predict, fit_bma, source_columns
 from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
 
 PRIOR_FORMAT = "fitplan.latency_prior"
 PRIOR_FORMAT_VERSION = 1
 ADAPTED_FORMAT = "fitplan.adapted_latency"
-ADAPTED_FORMAT_VERSION = 1
+ADAPTED_FORMAT_VERSION = 2  # 2: optional measured-basis part (``basis``); version-1 states (table only) load
 #: bump when :mod:`fitplan.predictors.features` changes the feature layout (invalidates shipped state).
 FEATURE_VERSION = 1
 #: fewest fp32 calibration samples accepted (the posterior is defined for any N>=1; below 3 the scale and
@@ -47,6 +51,17 @@ DEFAULT_HYPER: dict[str, HyperParams] = {
     "fbnet": HyperParams(gamma=2.07, sigma_a=0.204, sigma_b=0.108, tau=0.0237, sigma_n=0.0349),
     "ofa_mbv3": HyperParams(gamma=0.549, sigma_a=0.0347, sigma_b=0.0435, tau=0.0554, sigma_n=0.0365),
 }
+
+#: Measured-basis blend (:mod:`fitplan.predictors.basis`), chosen by a grid search with leave-one-device-out
+#: over HELP's meta-train devices only (sources also meta-train only; measured targets, N=10, 5 draws;
+#: objective mean Spearman - 0.01 * median APE%): ``benchmarks/predictor_fewshot.py --tune-basis``. Both
+#: spaces pick rho=0.15; sigma/sigma_b barely matter (grid ties within 1e-4), one common setting is kept.
+DEFAULT_BASIS: dict[str, BasisHyper] = {
+    "fbnet": BasisHyper(sigma=0.02, sigma_b=0.3, rho=0.15),
+    "ofa_mbv3": BasisHyper(sigma=0.02, sigma_b=0.3, rho=0.15),
+}
+#: source weights below this are dropped from an adapted state (then renormalised).
+_MIN_WEIGHT = 1e-4
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -207,6 +222,20 @@ class AdaptedPredictor:
     n_samples: int = 0
     effects: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: measured-basis part, or ``None``: ``{"devices": [...], "weights": [...], "a": [...], "b": [...],
+    #: "rho": float}`` -- ``log ms = rho·Σ w_k (a_k + b_k log ms_k(arch)) + (1-rho)·log(φ·table)``.
+    basis: dict[str, Any] | None = None
+
+    def _fp32_ms(self, x: np.ndarray) -> np.ndarray:
+        """fp32 prediction (ms) from feature rows: additive table, blended with the measured basis."""
+        ms = x @ self.table
+        b = self.basis
+        if not b or not b.get("rho") or not len(x):
+            return ms
+        s, _ = source_columns(self.space, b["devices"], x)
+        lb = bma_log_predict(s, np.asarray(b["weights"]), np.asarray(b["a"]), np.asarray(b["b"]))
+        rho = float(b["rho"])
+        return np.exp(rho * lb + (1.0 - rho) * np.log(np.maximum(ms, 1e-6)))
 
     def features(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Feature matrix of configs (vectorised fast path; the checked path names the bad field)."""
@@ -220,7 +249,7 @@ class AdaptedPredictor:
         if isinstance(configs, Mapping):
             configs = [configs]
         configs = list(configs)
-        ms = self.features(configs) @ self.table
+        ms = self._fp32_ms(self.features(configs))
         flags: list[list[str]] = [[] for _ in configs]
         for i, c in enumerate(configs):
             if _is_fp32(c):
@@ -259,7 +288,7 @@ class AdaptedPredictor:
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Predicted ms from a precomputed feature matrix (fp32 configs)."""
-        return np.asarray(x) @ self.table
+        return self._fp32_ms(np.asarray(x, dtype=np.float64))
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -267,7 +296,7 @@ class AdaptedPredictor:
         return {"format": ADAPTED_FORMAT, "format_version": ADAPTED_FORMAT_VERSION,
                 "feature_version": FEATURE_VERSION, "space": self.space, "device": self.device,
                 "n_samples": self.n_samples, "table": [float(v) for v in self.table],
-                "effects": dict(self.effects), "provenance": self.provenance,
+                "effects": dict(self.effects), "provenance": self.provenance, "basis": self.basis,
                 "note": "predicted latency in ms, batch as measured by the calibration samples"}
 
     @classmethod
@@ -275,9 +304,9 @@ class AdaptedPredictor:
         """Rebuild from :meth:`state_dict` output; :class:`ConfigError` on a foreign or stale state."""
         if not isinstance(state, Mapping) or state.get("format") != ADAPTED_FORMAT:
             raise ConfigError("format", "not a fitplan adapted latency-predictor state", [ADAPTED_FORMAT])
-        if state.get("format_version") != ADAPTED_FORMAT_VERSION:
+        if state.get("format_version") not in (1, ADAPTED_FORMAT_VERSION):
             raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r}",
-                              [ADAPTED_FORMAT_VERSION])
+                              [1, ADAPTED_FORMAT_VERSION])
         space = state.get("space")
         if space not in PREDICTOR_SPACES:
             raise ConfigError("space", f"unsupported space {space!r}", PREDICTOR_SPACES)
@@ -290,7 +319,28 @@ class AdaptedPredictor:
         return cls(space=space, table=table, device=str(state.get("device", "unknown")),
                    n_samples=int(state.get("n_samples", 0)),
                    effects={str(k): float(v) for k, v in dict(state.get("effects", {})).items()},
-                   provenance=dict(state.get("provenance", {})))
+                   provenance=dict(state.get("provenance", {})), basis=_check_basis(space, state.get("basis")))
+
+
+def _check_basis(space: str, b: Any) -> dict[str, Any] | None:
+    """Validate the ``basis`` part of an adapted state (``None`` for version-1 states)."""
+    if b is None:
+        return None
+    if not isinstance(b, Mapping) or not isinstance(b.get("devices"), list):
+        raise ConfigError("basis", "expected {devices, weights, a, b, rho}")
+    k = len(b["devices"])
+    arrs = {}
+    for name in ("weights", "a", "b"):
+        v = np.asarray(b.get(name), dtype=np.float64)
+        if v.shape != (k,) or not np.isfinite(v).all():
+            raise ConfigError(f"basis.{name}", f"expected {k} finite floats")
+        arrs[name] = [float(t) for t in v]
+    rho = b.get("rho")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= float(rho) <= 1.0:
+        raise ConfigError("basis.rho", f"expected a float in [0, 1], got {rho!r}")
+    if not available_devices(space, [str(d) for d in b["devices"]]):
+        raise ConfigError("basis.devices", f"not all devices are in the shipped {space} latency data")
+    return {"devices": [str(d) for d in b["devices"]], **arrs, "rho": float(rho)}
 
 
 # ------------------------------------------------------------------------------------------ meta-trained
@@ -301,9 +351,10 @@ class LatencyPredictor:
     :meth:`meta_train` (deterministic, < 1 s from the shipped latency data).
     """
 
-    def __init__(self, prior: MetaPrior):
+    def __init__(self, prior: MetaPrior, basis_hyper: BasisHyper | None = None):
         self.prior = prior
         self.space = prior.space
+        self.basis_hyper = basis_hyper or DEFAULT_BASIS.get(prior.space, BasisHyper(rho=0.0))
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -338,7 +389,8 @@ class LatencyPredictor:
         fp = np.array([_is_fp32(a) for a in archs])
         x = featurize(self.space, archs, validate=False)
         table = self.prior.posterior_table(x[fp], y[fp])
-        pred = x @ table
+        basis = self._fit_basis(x[fp], y[fp], table)
+        pred = AdaptedPredictor(self.space, table, basis=basis)._fp32_ms(x)
         effects: dict[str, float] = {}
         if (~fp).any():
             shares = [compression_shares(self.space, a) for a, f in zip(archs, fp) if not f]
@@ -348,11 +400,29 @@ class LatencyPredictor:
             coef, *_ = np.linalg.lstsq(a_mat, rel, rcond=None)
             effects = {k: float(np.clip(c, -2.0, 0.95)) for k, c in zip(names, coef)}
         ape = np.abs(pred[fp] - y[fp]) / y[fp]
-        prov = {"method": "meta-learned Gaussian prior over layer-wise cost tables, Bayesian few-shot posterior",
+        method = "meta-learned Gaussian prior over layer-wise cost tables, Bayesian few-shot posterior"
+        if basis:
+            method += (" blended in log space with a Bayesian model average of rescaled source devices (measured "
+                       "latencies for pool archs, their additive tables otherwise)")
+        prov = {"method": method,
                 "space": self.space, "source_devices": list(self.prior.devices), "n_fp32_samples": int(fp.sum()),
                 "n_compressed_samples": int((~fp).sum()), "hyper": self.prior.hyper.to_dict(),
+                "basis_hyper": self.basis_hyper.to_dict(),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
-        return AdaptedPredictor(self.space, table, device, len(archs), effects, prov)
+        return AdaptedPredictor(self.space, table, device, len(archs), effects, prov, basis)
+
+    def _fit_basis(self, x: np.ndarray, y: np.ndarray, table: np.ndarray) -> dict[str, Any] | None:
+        """Measured-basis part from fp32 samples (``None`` when disabled or the sources have no shipped data)."""
+        h = self.basis_hyper
+        devices = list(self.prior.devices)
+        if h.rho <= 0 or len(y) < MIN_SAMPLES or not available_devices(self.space, devices):
+            return None
+        s, _ = source_columns(self.space, devices, x)
+        w, a, b = fit_bma(s, np.log(y), h)
+        keep = w >= _MIN_WEIGHT
+        w = w[keep] / w[keep].sum()
+        return {"devices": [d for d, k in zip(devices, keep) if k], "weights": [float(v) for v in w],
+                "a": [float(v) for v in a[keep]], "b": [float(v) for v in b[keep]], "rho": float(h.rho)}
 
     # -------------------------------------------------------------- state
     def save(self, path: str | Path) -> None:
@@ -424,6 +494,7 @@ def _shipped(space: str) -> LatencyPredictor:
 @lru_cache(maxsize=None)
 def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
     """Predictor of a built-in device: its table fitted directly on all of its measured archs."""
+    from fitplan.hw_profiles.builtin import device_info
     from fitplan.hw_profiles.latency_data import load_latency_dataset
 
     if space not in PREDICTOR_SPACES:
@@ -435,7 +506,7 @@ def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
     ape = np.abs(x @ table - y) / y
     return AdaptedPredictor(space, table, device_name, len(y), {}, {
         "method": "layer-wise cost table fitted on all measured archs (relative-error ridge)",
-        "data": f"{ds.source}; device {device_name}, batch {ds.batch_size(device_name)}",
+        "data": f"{ds.source}; device {device_name}, batch {device_info(device_name)[1]}",
         "in_sample_median_ape_pct": float(np.median(ape) * 100)})
 
 

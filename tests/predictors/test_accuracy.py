@@ -19,16 +19,13 @@ from fitplan.search_spaces.training import train_supernet  # noqa: E402
 
 @pytest.fixture(scope="module")
 def trained():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     data = load_dataset("digits")
     space = ToySpace()
     sn = space.build_supernet()
     train_supernet(sn, data.loader("train", 64), epochs=2, lr=3e-2, optimizer="adamw", kd_alpha=0.5,
                    device="cpu")
-    yield space, sn, data
-    torch.set_num_threads(n)
+    return space, sn, data
 
 
 def test_regressor_arrays_match_sklearn():

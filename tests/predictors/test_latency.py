@@ -139,3 +139,81 @@ def test_ofa_arch_validation():
         with pytest.raises(ConfigError) as e:
             validate_arch("ofa_mbv3", dict(ok, **{key: val}))
         assert e.value.field == field
+
+
+# ------------------------------------------------------------------------------------------ measured basis
+def test_measured_basis_helps_held_out_device():
+    """fbnet: the source-device average (measured latencies of pool archs) beats the additive table alone on
+    a held-out GPU, and never uses the held-out device itself."""
+    ds = load_latency_dataset("fbnet")
+    dev = "1080ti_1"
+    pred = LatencyPredictor.meta_train("fbnet", devices=[d for d in ds.devices if d != dev])
+    y = ds.device(dev)
+    gains = []
+    for seed in range(3):
+        samples, idx = _samples("fbnet", dev, seed=seed)
+        ad = pred.adapt(samples, device=dev)
+        assert ad.basis is not None and dev not in ad.basis["devices"]
+        assert sum(ad.basis["weights"]) == pytest.approx(1.0)
+        rest = np.setdiff1d(np.arange(len(ds)), idx)[:1500]
+        archs = [ds.arch(int(i)) for i in rest]
+        p = ad.predict(archs)
+        p0 = AdaptedPredictor("fbnet", ad.table).predict(archs)  # additive part only
+        assert np.median(np.abs(p - y[rest]) / y[rest]) < 0.05
+        gains.append(spearmanr(p, y[rest])[0] - spearmanr(p0, y[rest])[0])
+    assert np.mean(gains) > 0.008
+
+
+def test_measured_basis_pool_lookup_and_fallback():
+    from fitplan.predictors.basis import source_columns
+    from fitplan.predictors.features import featurize
+
+    ds = load_latency_dataset("fbnet")
+    pool = {tuple(a) for a in ds.arrays["op_idx_list"].tolist()}
+    rng = np.random.default_rng(0)
+    new = next(a for a in (rng.integers(0, 9, 22).tolist() for _ in range(100)) if tuple(a) not in pool)
+    archs = [ds.arch(3), {"op_idx_list": new}]
+    s, found = source_columns("fbnet", ["pixel3", "gold_6240"], featurize("fbnet", archs))
+    assert found.tolist() == [True, False]
+    assert s[0, 0] == pytest.approx(np.log(ds.device("pixel3")[3]))  # measured value for a pool arch
+    samples, _ = _samples("fbnet", "titanx_1")
+    ad = LatencyPredictor.for_space("fbnet").adapt(samples)
+    out = ad.predict(archs)
+    assert np.isfinite(out).all() and (out > 0).all()
+    add = AdaptedPredictor("fbnet", ad.table).predict(archs)
+    assert np.all(np.abs(out / add - 1) < 0.3)  # fallback columns stay on the additive model's scale
+
+
+def test_basis_state_round_trip_and_v1_states():
+    ds = load_latency_dataset("fbnet")
+    samples, _ = _samples("fbnet", "titanx_32")
+    ad = LatencyPredictor.for_space("fbnet").adapt(samples, device="t")
+    state = json.loads(json.dumps(ad.state_dict()))
+    assert state["format_version"] == 2 and state["basis"]["devices"]
+    back = AdaptedPredictor.from_state(state)
+    archs = ds.archs()[:200]
+    np.testing.assert_array_equal(ad.predict(archs), back.predict(archs))
+    v1 = {k: v for k, v in state.items() if k != "basis"} | {"format_version": 1}
+    np.testing.assert_array_equal(AdaptedPredictor.from_state(v1).predict(archs),
+                                  AdaptedPredictor("fbnet", ad.table).predict(archs))
+    bad = json.loads(json.dumps(state))
+    bad["basis"]["weights"] = bad["basis"]["weights"][:-1] + [float("nan")]
+    with pytest.raises(ConfigError, match="basis.weights"):
+        AdaptedPredictor.from_state(bad)
+    bad = json.loads(json.dumps(state))
+    bad["basis"]["devices"][0] = "no-such-device"
+    with pytest.raises(ConfigError, match="basis.devices"):
+        AdaptedPredictor.from_state(bad)
+
+
+def test_basis_predict_speed():
+    ds = load_latency_dataset("fbnet")
+    samples, _ = _samples("fbnet", "gold_6240")
+    ad = LatencyPredictor.for_space("fbnet").adapt(samples)
+    assert ad.basis is not None
+    archs = ds.archs()[:1000]
+    ad.predict(archs)
+    t = time.perf_counter()
+    out = ad.predict(archs)
+    assert out.shape == (1000,) and np.isfinite(out).all()
+    assert time.perf_counter() - t < 0.1
