@@ -19,6 +19,22 @@ from fitplan.errors import FitplanError
 COMMAND_MODULES = ["spaces", "profiles", "measure", "calibrate", "predictor", "plan", "jobs"]
 
 
+def space_from_args(name: str, spec_json: str | None):
+    """The search space named on the command line, with ``--spec`` JSON space options (e.g. width_mult)."""
+    import json
+
+    from fitplan.errors import ConfigError
+    from fitplan.search_spaces import create_space
+
+    try:
+        spec = json.loads(spec_json) if spec_json else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError("spec", f"not valid JSON ({e.msg})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("spec", "expected a JSON object of space options")
+    return create_space(name, **spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fitplan import __version__
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fitplan.cli import space_from_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="calibration kit for remote devices; calibrate predictors to a device")
@@ -46,17 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_kit(args: argparse.Namespace) -> int:
-    from fitplan.errors import ConfigError
     from fitplan.hw_profiles.kit import write_kit
-    from fitplan.search_spaces import create_space
 
-    try:
-        spec = json.loads(args.spec) if args.spec else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError("spec", f"not valid JSON ({e.msg})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError("spec", "expected a JSON object of space options")
-    space = create_space(args.space, **spec)
+    space = space_from_args(args.space, args.spec)
     variants = ("fp32", "int8") if args.int8 else ("fp32",)
     manifest = write_kit(space, args.n, args.out, batch=args.batch, seed=args.seed, variants=variants)
     doc = json.loads(manifest.read_text())

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fitplan.cli import space_from_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="measure configs of a space on this machine (onnxruntime)",
@@ -49,15 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from fitplan.hw_profiles.measure import require_measurable
     from fitplan.jsonio import load_json
     from fitplan.paths import fitplan_home
-    from fitplan.search_spaces import create_space
 
-    try:
-        spec = json.loads(args.spec) if args.spec else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError("spec", f"not valid JSON ({e.msg})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError("spec", "expected a JSON object of space options")
-    space = create_space(args.space, **spec)
+    space = space_from_args(args.space, args.spec)
     profile = get_profile(args.device)
     require_measurable(profile)
     try:

@@ -63,11 +63,6 @@ class LatencyDataset:
             raise UnknownNameError(f"{self.space} device", name, self.devices)
         return self.latency_ms[:, self.devices.index(name)]
 
-    def batch_size(self, name: str) -> int:
-        """Batch size of a device column: GPU names end in ``_<batch>``, others are batch 1."""
-        tail = name.rsplit("_", 1)[-1]
-        return int(tail) if tail.isdigit() else 1
-
 
 @lru_cache(maxsize=None)
 def load_latency_dataset(space: str) -> LatencyDataset:

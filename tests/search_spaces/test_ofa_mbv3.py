@@ -19,14 +19,6 @@ from fitplan.search_spaces.ofa_mbv3 import (
 from fitplan.search_spaces.timm_import import from_timm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors gain nothing from intra-op threads; on a loaded 2-core machine 2 threads are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def small_space(**kw) -> OFAMobileNetV3Space:
     spec = dict(width_mult=0.35, num_classes=10, in_chans=1, resolutions=(24, 28, 32))
