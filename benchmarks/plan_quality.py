@@ -173,7 +173,7 @@ def uniform_configs(space):
     return out
 
 
-def budgets_part(quick: bool, out: Path) -> dict:
+def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -190,7 +190,7 @@ def budgets_part(quick: bool, out: Path) -> dict:
         opts.update(width_mult=0.25, resolutions=[16, 20], depth_choices=[2, 3], expand_choices=[3, 4],
                     kernel_choices=[3, 5])
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
-        dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=30, accuracy_subnets=12)
+        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs, accuracy_subnets=24)
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
                        space_options=opts, quick=quick, top_k=3, **train)
     ctx = prepare(base)
@@ -275,6 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--part", default="all", choices=["search", "budgets", "all"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="fitplan-out/bench_plan_quality")
+    ap.add_argument("--supernet-epochs", type=int, default=4, help="budgets part: supernet training epochs")
+    ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
         results["search"] = search_part(args.quick, out)
         print_search(results["search"])
     if args.part in ("budgets", "all"):
-        results["budgets"] = budgets_part(args.quick, out)
+        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)
