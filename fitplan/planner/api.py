@@ -441,15 +441,16 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     if ctx.data is not None:
         from fitplan.data import calibration_batches, resize_for_shape
 
-        shape = ctx.space.input_shape(cfg)
-        calib = [resize_for_shape(b, shape) for b in calibration_batches(ctx.data, n_batches=4, seed=req.seed)]
+        raw_calib = calibration_batches(ctx.data, n_batches=4, seed=req.seed)
+        calib = [resize_for_shape(b, ctx.space.input_shape(cfg)) for b in raw_calib]
     model = build_model(ctx.space, ctx.supernet, cfg, calib)
     measured: dict[str, Any] = {}
     finetune_info: dict[str, Any] = {}
     if ctx.data is not None:
-        from fitplan.search_spaces.training import evaluate, finetune
+        from fitplan.search_spaces.training import evaluate, finetune, recalibrate_bn
 
         teacher = ctx.supernet.extract(ctx.space.largest()).eval()
+        recalibrate_bn(teacher, None, raw_calib)  # resized to the largest config's input inside
         test = ctx.data.loader("test", batch_size=256)
         t_acc = evaluate(teacher, None, test)
         if req.finetune_epochs > 0:

@@ -31,10 +31,14 @@ MODEL_VERSION = 1
 
 def build_model(space: Any, supernet: Any, config: Mapping[str, Any],
                 calib: Sequence[torch.Tensor] | None = None) -> nn.Module:
-    """Extract the subnet of ``config`` and apply its bits and sparsity (masks + fake quant)."""
+    """Extract the subnet of ``config``, recalibrate its BatchNorm statistics on ``calib`` (the supernet's
+    shared running stats mix all subnets, as in OFA) and apply its bits and sparsity (masks + fake quant)."""
     from fitplan.search_spaces.compression import apply_compression
+    from fitplan.search_spaces.training import recalibrate_bn
 
     module = supernet.extract(config)
+    if calib:
+        recalibrate_bn(module, None, calib)
     needs = any(b < 32 for b in config["bits"]) or any(s > 0 for s in config["sparsity"])
     if needs:
         shape = space.input_shape(config)

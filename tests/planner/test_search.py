@@ -179,3 +179,22 @@ def test_every_registered_space_searches_jointly(name):
     run_optuna(study, prob, 40, batch=20, progress=False)
     front = feasible_front(study, prob)
     assert front and all(t.values[1] <= 0.7 * big for t in front)
+
+
+def test_build_model_recalibrates_batchnorm():
+    """The supernet's shared BN statistics mix all subnets: a materialised subnet gets its own."""
+    import torch
+
+    from fitplan.planner.materialize import build_model
+    from fitplan.search_spaces import create_space
+
+    space = create_space("planner_tiny")
+    supernet = space.build_supernet().eval()
+    for m in supernet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(100.0)
+    cfg = space.largest()
+    calib = [torch.randn(8, *space.input_shape(cfg)) for _ in range(2)]
+    model = build_model(space, supernet, cfg, calib)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(float(bn.running_mean.abs().max()) < 50.0 for bn in bns)
