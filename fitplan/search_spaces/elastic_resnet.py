@@ -243,7 +243,20 @@ def _numbers(field: str, values: Sequence[float] | None, default: Sequence[float
 
 
 # --------------------------------------------------------------------------------------------- modules
-class DynamicResNetBlock(nn.Module):
+class _ResidualForward(nn.Module):
+    """The residual computation shared by the elastic block and its extracted static copy (same attribute
+    names: ``conv1..3``, ``bn1..3``, ``downsample``, ``kind``), so both compute exactly the same function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.kind == "bottleneck":
+            out = self.bn3(self.conv3(F.relu(out)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
+
+
+class DynamicResNetBlock(_ResidualForward):
     """A basic or bottleneck block with elastic middle and output widths (timm parameter names)."""
 
     def __init__(self, kind: str, max_in: int, max_mid: int, max_out: int, stride: int, downsample: bool):
@@ -274,13 +287,6 @@ class DynamicResNetBlock(nn.Module):
         if self.downsample is not None:
             self.downsample[0].active_out = out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.kind == "bottleneck":
-            out = self.bn3(self.conv3(F.relu(out)))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
 
     def to_static(self, in_ch: int) -> "ResNetBlock":
         mid = self.conv1.active_out
@@ -326,7 +332,7 @@ class DynamicResNetBlock(nn.Module):
         return pairs
 
 
-class ResNetBlock(nn.Module):
+class ResNetBlock(_ResidualForward):
     """Static basic / bottleneck block (extracted); parameter names as timm's ``BasicBlock``/``Bottleneck``."""
 
     def __init__(self, kind: str, convs: Sequence[nn.Conv2d], bns: Sequence[nn.BatchNorm2d],
@@ -338,13 +344,6 @@ class ResNetBlock(nn.Module):
             setattr(self, f"bn{i}", bn)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.kind == "bottleneck":
-            out = self.bn3(self.conv3(F.relu(out)))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
 
 
 class ResNetNet(nn.Module):
