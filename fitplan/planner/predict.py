@@ -32,6 +32,40 @@ Config = dict[str, Any]
 Predict = Callable[[Sequence[Config]], np.ndarray]
 
 
+# ====================================================================== observations (both models)
+def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
+                    observe: Callable[[Config], dict[str, Any] | None], *, cache: str | Path | None = None,
+                    cache_key: Mapping[str, Any] | None = None, desc: str = "") -> list[dict[str, Any]]:
+    """Observe ``n`` configs (``first``, then seeded random uncompressed ones) as ``{"config", **observe(cfg)}``.
+
+    Resumable: samples are appended to the JSON ``cache`` after each observation and reused when the cache
+    was written for the same space spec and ``cache_key``; ``observe`` returning ``None`` skips a config.
+    """
+    from tqdm.auto import tqdm
+
+    key = {"space": space.spec(), **dict(cache_key or {})}
+    samples: list[dict[str, Any]] = []
+    if cache is not None and Path(cache).is_file():
+        doc = json.loads(Path(cache).read_text())
+        if all(doc.get(k) == v for k, v in key.items()):
+            samples = doc["samples"]
+    rng = np.random.default_rng(seed)
+    configs = list(first)
+    while len(configs) < n:
+        configs.append(space.sample(rng, compression=False))
+    have = {json.dumps(s["config"], sort_keys=True) for s in samples}
+    for cfg in tqdm(configs, desc=desc, leave=False):
+        if json.dumps(cfg, sort_keys=True) in have:
+            continue
+        obs = observe(cfg)
+        if obs is None:
+            continue
+        samples.append({"config": cfg, **obs})
+        if cache is not None:
+            atomic_write_text(cache, dumps({**key, "samples": samples}))
+    return samples
+
+
 # ====================================================================== latency
 def cost_features(space: Any, configs: Sequence[Config]) -> np.ndarray:
     """``[1, MACs/1e6, act_elems/1e5, active units]`` per config (the local cost model's inputs)."""
@@ -62,37 +96,23 @@ class LocalCostModel:
     def fit(cls, space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
             batch: int = 1, quick: bool = False) -> "LocalCostModel":
         from scipy.optimize import nnls
-        from tqdm.auto import tqdm
-
-        samples: list[dict[str, Any]] = []
-        if cache is not None and Path(cache).is_file():
-            doc = json.loads(Path(cache).read_text())
-            if doc.get("space") == space.spec() and doc.get("batch") == batch:
-                samples = doc["samples"]
-        rng = np.random.default_rng(seed)
-        configs = [space.smallest(), space.largest()]
-        while len(configs) < n:
-            configs.append(space.sample(rng, compression=False))
-        have = {json.dumps(s["config"], sort_keys=True) for s in samples}
         supernet = space.build_supernet()
         threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
         rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
-        method = ""
-        for cfg in tqdm(configs, desc="calibrate local latency", leave=False):
-            key = json.dumps(cfg, sort_keys=True)
-            if key in have:
-                continue
+
+        def measure(cfg: Config) -> dict[str, Any] | None:
             m = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
             if m.get("value") is None:
-                continue
-            samples.append({"config": cfg, "latency_ms": m["value"], "method": m["method"]})
-            method = m["method"]
-            if cache is not None:
-                atomic_write_text(cache, dumps({"space": space.spec(), "batch": batch, "samples": samples}))
+                return None
+            return {"latency_ms": m["value"], "method": m["method"]}
+
+        samples = collect_samples(space, [space.smallest(), space.largest()], n, seed, measure,
+                                  cache=cache, cache_key={"batch": batch}, desc="calibrate local latency")
+        method = next((s["method"] for s in reversed(samples) if "method" in s), "")
         x = cost_features(space, [s["config"] for s in samples])
         y = np.asarray([s["latency_ms"] for s in samples])
         w, _ = nnls(x, y)
-        return cls(space, w, samples, method or (samples[0]["method"] if samples else ""))
+        return cls(space, w, samples, method)
 
 
 def measure_latency(space: Any, config: Config, profile: Any, *, supernet: Any = None, batch: int = 1,
@@ -234,25 +254,9 @@ class SubnetAccuracyModel:
     @classmethod
     def fit(cls, space: Any, supernet: Any, data: Any, n: int = 16, seed: int = 0, ridge: float = 1.0,
             cache: Path | None = None) -> "SubnetAccuracyModel":
-        from tqdm.auto import tqdm
-
-        samples: list[dict[str, Any]] = []
-        if cache is not None and Path(cache).is_file():
-            doc = json.loads(Path(cache).read_text())
-            if doc.get("space") == space.spec():
-                samples = doc["samples"]
-        rng = np.random.default_rng(seed)
-        configs = [space.largest(), space.smallest()]
-        while len(configs) < n:
-            configs.append(space.sample(rng, compression=False))
-        have = {json.dumps(s["config"], sort_keys=True) for s in samples}
-        for cfg in tqdm(configs, desc="evaluate subnets (accuracy model)", leave=False):
-            if json.dumps(cfg, sort_keys=True) in have:
-                continue
-            acc = evaluate_subnet(supernet, space, cfg, data)
-            samples.append({"config": cfg, "accuracy": acc})
-            if cache is not None:
-                atomic_write_text(cache, dumps({"space": space.spec(), "samples": samples}))
+        samples = collect_samples(space, [space.largest(), space.smallest()], n, seed,
+                                  lambda cfg: {"accuracy": evaluate_subnet(supernet, space, cfg, data)},
+                                  cache=cache, desc="evaluate subnets (accuracy model)")
         model = cls(space, np.zeros(1), np.zeros(1), samples)
         x = model._x([s["config"] for s in samples])
         y = np.asarray([s["accuracy"] for s in samples])
