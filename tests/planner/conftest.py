@@ -1,10 +1,8 @@
-import sys
-from pathlib import Path
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from _spaces import TINY_NAME, analytic_latency, register_tiny
 
-from _tiny import analytic_latency  # noqa: E402  (importing _tiny registers "planner_tiny")
+register_tiny()  # TinySpace as "planner_tiny", used by name throughout the planner tests
 
 
 @pytest.fixture
@@ -28,7 +26,7 @@ def tiny_problem():
     from fitplan.search_spaces import create_space
 
     def make(budget=None, restrict=None, speedups=None):
-        space = create_space("planner_tiny")
+        space = create_space(TINY_NAME)
         ev = Evaluator(space, analytic_latency(space), CapacityProxy(space).predict,
                        speedups=speedups or {})
         return SearchProblem(space, ev, Budget(**(budget or {"latency_ms": 0.1})), restrict or {})

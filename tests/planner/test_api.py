@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from _tiny import make_fake_profile
+from _spaces import make_fake_profile
 from fitplan.errors import InfeasibleBudgetError
 from fitplan.planner import Plan, PlanRequest, finish, load_model, plan, prepare, run_search
 
@@ -109,7 +109,7 @@ def test_verify_skips_budget_breakers_and_retightens(tmp_path, fake_latency, mon
     import fitplan.planner.predict as P
 
     def fake_measure(space, config, profile, **kw):
-        from _tiny import analytic_latency
+        from _spaces import analytic_latency
 
         v = 2.0 * float(analytic_latency(space)([space.validate(config)])[0])
         return {"value": v, "status": "ok", "method": "measured: fake runtime (test)"}

@@ -160,7 +160,7 @@ def test_hypervolume_2d():
 @pytest.mark.parametrize("name", ["elastic_resnet", "elastic_vit", "fbnet", "ofa_mbv3"])
 def test_every_registered_space_searches_jointly(name):
     """All dimensions (arch, resolution, bits, sparsity, tokens) become params; budgets hold on the front."""
-    from _tiny import analytic_latency
+    from _spaces import analytic_latency
     from fitplan import create_space, list_spaces
     from fitplan.planner.metrics import Evaluator
     from fitplan.planner.predict import CapacityProxy

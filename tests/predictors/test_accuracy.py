@@ -1,20 +1,16 @@
 """Accuracy predictor: fit on measured subnets, sensitivity tables, compressed predictions, save/load."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "search_spaces"))
-from _toy import ToySpace  # noqa: E402
+from _spaces import ToySpace  # tests/_spaces.py (tests/conftest.py puts tests/ on sys.path)
 
-from fitplan.data import calibration_batches, load_dataset  # noqa: E402
-from fitplan.errors import ConfigError  # noqa: E402
-from fitplan.predictors.accuracy import AccuracyPredictor, _fit_model, _predict_arrays  # noqa: E402
-from fitplan.search_spaces.training import train_supernet  # noqa: E402
+from fitplan.data import calibration_batches, load_dataset
+from fitplan.errors import ConfigError
+from fitplan.predictors.accuracy import AccuracyPredictor, _fit_model, _predict_arrays
+from fitplan.search_spaces.training import train_supernet
 
 
 @pytest.fixture(scope="module")

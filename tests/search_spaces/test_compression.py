@@ -1,20 +1,16 @@
 """Compression materialisation: measured sparsity, quantisation levels, 2:4 pattern, QAT, ONNX QDQ export."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import ToySpace  # noqa: E402
+from _spaces import ToySpace  # tests/_spaces.py (tests/conftest.py puts tests/ on sys.path)
 
-from fitplan.errors import ConfigError  # noqa: E402
-from fitplan.onnx_utils import export_onnx, run_onnx  # noqa: E402
-from fitplan.search_spaces.compression import (  # noqa: E402
+from fitplan.errors import ConfigError
+from fitplan.onnx_utils import export_onnx, run_onnx
+from fitplan.search_spaces.compression import (
     ActivationFakeQuant,
     apply_compression,
     check_2to4,

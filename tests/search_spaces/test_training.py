@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import ToySpace  # noqa: E402
+from _spaces import ToySpace  # tests/_spaces.py (tests/conftest.py puts tests/ on sys.path)
 
-from fitplan.data import calibration_batches, load_dataset  # noqa: E402
-from fitplan.errors import ConfigError  # noqa: E402
-from fitplan.search_spaces.compression import apply_compression  # noqa: E402
-from fitplan.search_spaces.training import (  # noqa: E402
+from fitplan.data import calibration_batches, load_dataset
+from fitplan.errors import ConfigError
+from fitplan.search_spaces.compression import apply_compression
+from fitplan.search_spaces.training import (
     evaluate,
     finetune,
     latest_checkpoint,
