@@ -3,12 +3,22 @@
 
 The shipped ``local-cpu-1t`` dataset (``fitplan/hw_profiles/data/local_cpu_1t_ofa_mbv3.jsonl``, measured
 with ONNX Runtime at 1 thread by ``fitplan measure``) holds ofa_mbv3 configs in fp32, all-int8 and mixed
-8/32-bit. For N calibration samples (random draws) the shipped meta-trained prior is adapted
-(``LatencyPredictor.adapt``: fp32 samples -> cost table, compressed samples -> per-effect speed-ups) and
-scored on every other config of the file, for all configs and per variant. Baseline: least squares of
-latency on [1, MACs, MACs x int8 share] fitted on the same N samples.
+8/32-bit. For N calibration samples (random draws, a third each of fp32 / int8 / mixed) every model is fitted
+on the same N samples and scored on every other config of the file, for all configs and per variant:
 
-    python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40]
+``meta``      the shipped meta-trained prior adapted (``LatencyPredictor.adapt``: fp32 samples -> cost table,
+              compressed samples -> per-effect speed-ups);
+``analytic``  ``CostModelPredictor`` (per-unit MACs / activations / launches per compression class, from
+              ``space.unit_costs`` only; :mod:`fitplan.predictors.analytic`);
+``auto``      ``calibrate_predictor(method="auto")``: meta or analytic, by cross-validated error on the N
+              samples (what ``fitplan calibrate fit`` stores);
+``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].
+
+The dataset's own measurement noise bounds every row: ``--noise`` prints a model-free estimate of it (the
+int8/fp32 latency ratio of the same architecture, which no per-arch model can explain, and an in-sample fit
+on all configs).
+
+    python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40] [--models meta analytic auto macs-lsq]
 """
 from __future__ import annotations
 
@@ -18,16 +28,21 @@ import sys
 import numpy as np
 
 
+MODELS = ("meta", "analytic", "auto", "macs-lsq")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10, 20, 40])
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--profile", default="local-cpu-1t")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--noise", action="store_true", help="also print the dataset's noise floor")
     args = ap.parse_args(argv)
 
     from fitplan.hw_profiles import get_profile
     from fitplan.hw_profiles.datasets import profile_samples
-    from fitplan.predictors import LatencyPredictor
+    from fitplan.predictors import CostModelPredictor, LatencyPredictor, calibrate_predictor
     from fitplan.predictors.fewshot import metrics
     from fitplan.search_spaces import create_space
 
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     for n in args.n:
         rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+        chosen: dict[str, int] = {}
         for _ in range(args.draws):
             # calibration set: a third of each variant (the mix `fitplan measure` produces), rest scored
             per = {v: rng.permutation(np.flatnonzero(variant == v)) for v in ("fp32", "int8", "mixed")}
@@ -58,12 +74,23 @@ def main(argv: list[str] | None = None) -> int:
             k["fp32"] = n - k["int8"] - k["mixed"]
             cal = np.concatenate([per[v][:k[v]] for v in per])
             test = np.setdiff1d(np.arange(len(y)), cal)
-            adapted = prior.adapt([{"arch": configs[i], "latency_ms": float(y[i])} for i in cal], device=args.profile)
-            ours = adapted.predict([configs[i] for i in test])
-            feats = np.stack([np.ones(len(y)), macs, macs * share8], axis=1)
-            coef, *_ = np.linalg.lstsq(feats[cal], y[cal], rcond=None)
-            base = np.maximum(feats[test] @ coef, 1e-3)
-            for name, pred in (("fitplan", ours), ("macs-lsq", base)):
+            cal_samples = [{"arch": configs[i], "latency_ms": float(y[i])} for i in cal]
+            test_cfgs = [configs[i] for i in test]
+            preds = {}
+            if "meta" in args.models:
+                preds["meta"] = prior.adapt(cal_samples, device=args.profile).predict(test_cfgs)
+            if "analytic" in args.models:
+                preds["analytic"] = CostModelPredictor.fit(space, cal_samples, device=args.profile).predict(test_cfgs)
+            if "auto" in args.models:
+                auto = calibrate_predictor("ofa_mbv3", cal_samples, device=args.profile, method="auto")
+                preds["auto"] = auto.predict(test_cfgs)
+                chosen[auto.provenance["selected_by"]["chosen"]] = chosen.get(
+                    auto.provenance["selected_by"]["chosen"], 0) + 1
+            if "macs-lsq" in args.models:
+                feats = np.stack([np.ones(len(y)), macs, macs * share8], axis=1)
+                coef, *_ = np.linalg.lstsq(feats[cal], y[cal], rcond=None)
+                preds["macs-lsq"] = np.maximum(feats[test] @ coef, 1e-3)
+            for name, pred in preds.items():
                 for subset in ("all", "fp32", "int8", "mixed"):
                     m = np.ones(len(test), bool) if subset == "all" else variant[test] == subset
                     if m.sum() >= 5:
@@ -72,7 +99,44 @@ def main(argv: list[str] | None = None) -> int:
             avg = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
             print(f"{n:>4} {name:<10} {subset:<7} {avg['spearman']:>9.3f} {avg['kendall']:>8.3f} "
                   f"{avg['mape']:>7.1f} {avg['within10']:>6.0f}")
+        if chosen:
+            print(f"{n:>4} auto chose: {', '.join(f'{k} {v}x' for k, v in sorted(chosen.items()))}")
+    if args.noise:
+        noise_floor(space, configs, y, variant)
     return 0
+
+
+def noise_floor(space, configs, y, variant) -> None:
+    """What the measurements allow. (1) The analytic model fitted in-sample on *all* configs (no few-shot
+    error left, only what its features cannot express plus measurement noise). (2) Archs measured both in
+    fp32 and all-int8: the scatter of their int8/fp32 latency ratio around the in-sample model's ratio;
+    repeated measurements of one config on this VM scatter by a few % up to ~10 % as well."""
+    import json
+
+    from fitplan.predictors import CostModelPredictor
+    from fitplan.predictors.fewshot import metrics
+
+    full = CostModelPredictor.fit(space, [{"arch": c, "latency_ms": float(v)} for c, v in zip(configs, y)])
+    p = full.predict(configs)
+    for subset in ("all", "fp32", "int8", "mixed"):
+        m = np.ones(len(y), bool) if subset == "all" else variant == subset
+        if m.sum() >= 5:
+            r = metrics(p[m], y[m])
+            print(f"noise: analytic fitted in-sample on all {len(y)} configs, {subset:<5}: Spearman "
+                  f"{r['spearman']:.3f}, MAPE {r['mape']:.1f} %, within ±10 % {r['within10']:.0f} %")
+    arch = [json.dumps({k: v for k, v in c.items() if k not in ("bits", "sparsity", "sparsity_pattern")},
+                       sort_keys=True) for c in configs]
+    by: dict[str, dict[str, int]] = {}
+    for i, a in enumerate(arch):
+        by.setdefault(a, {})[str(variant[i])] = i
+    pairs = [(d["fp32"], d["int8"]) for d in by.values() if "fp32" in d and "int8" in d]
+    if len(pairs) >= 5:
+        fi, qi = (np.array(t) for t in zip(*pairs))
+        lr = np.log(y[qi] / y[fi])
+        res = lr - np.log(p[qi] / p[fi])
+        print(f"noise: {len(pairs)} archs measured in fp32 and int8: int8/fp32 ratio median "
+              f"{np.exp(np.median(lr)):.2f}, sd of log ratio {lr.std():.3f}, around the in-sample model's "
+              f"ratio {res.std():.3f} (~{100 * res.std():.0f} % scatter the features do not explain)")
 
 
 if __name__ == "__main__":

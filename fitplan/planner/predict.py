@@ -4,9 +4,12 @@ Latency (``configs -> ms per batch``), in order:
 
 1. :func:`fitplan.predictors.predictor_for_device` ``(space, profile)``: the meta-learned predictor of a
    built-in device, or the adapted one stored in ``profile.predictors[space]``.
-2. Local, measurable profiles only: :class:`LocalCostModel`, a non-negative least-squares fit of latency on
-   analytic costs (MACs, activation elements, active units) to ``n`` configs *measured here* with ONNX
-   Runtime (cached in ``out_dir``). It is a real few-shot predictor for this exact space spec.
+   A calibrated analytic state (:class:`fitplan.predictors.CostModelPredictor`) applies to any space spec
+   it was fitted in.
+2. Local, measurable profiles only: :func:`fit_local_latency`, a :class:`fitplan.predictors.CostModelPredictor`
+   (per-unit non-negative least squares on MACs, activation elements and launches) fitted to ``n`` configs
+   *measured here* with ONNX Runtime (cached in ``out_dir``). It is a real few-shot predictor for this exact
+   space spec.
 3. Otherwise: :class:`~fitplan.errors.ConfigError` naming ``device`` (the planner never guesses latency).
 
 Accuracy (``configs -> [0, 1]``), in order: an :class:`fitplan.predictors.AccuracyPredictor` built for
@@ -67,52 +70,33 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
 
 
 # ====================================================================== latency
-def cost_features(space: Any, configs: Sequence[Config]) -> np.ndarray:
-    """``[1, MACs/1e6, act_elems/1e5, active units]`` per config (the local cost model's inputs)."""
-    rows = []
-    for cfg in configs:
-        units = unit_costs_cached(space, cfg)
-        rows.append([1.0, sum(u.macs for u in units) / 1e6, sum(u.act_elems for u in units) / 1e5,
-                     float(sum(1 for u in units if u.active and u.macs > 0))])
-    return np.asarray(rows, dtype=np.float64)
+def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
+                      batch: int = 1, quick: bool = False) -> tuple[Any, list[dict[str, Any]], str]:
+    """Measure ``n`` uncompressed configs here (smallest, largest, then seeded random ones; resumable via
+    ``cache``) and fit :class:`fitplan.predictors.CostModelPredictor` to them.
 
-
-class LocalCostModel:
-    """Few-shot latency model of this machine: ``ms = w . [1, MMACs, act/1e5, layers]``, ``w >= 0``.
-
-    Fitted to architectures (no compression) measured with ONNX Runtime; compression is added by the
-    planner's capability model. ``models_compression = False``.
+    Returns ``(predictor, samples, method)``; ``method`` is the measurement method of the last sample. The
+    samples are fp32 only, so the predictor has no data on compression (``models_compression`` is false:
+    the planner adds compression with its capability model).
     """
+    from fitplan.predictors.analytic import CostModelPredictor
 
-    models_compression = False
+    supernet = space.build_supernet()
+    threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
+    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
 
-    def __init__(self, space: Any, weights: np.ndarray, samples: list[dict[str, Any]], method: str):
-        self.space, self.weights, self.samples, self.method = space, np.asarray(weights), samples, method
+    def measure(cfg: Config) -> dict[str, Any] | None:
+        m = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
+        if m.get("value") is None:
+            return None
+        return {"latency_ms": m["value"], "method": m["method"]}
 
-    def predict(self, configs: Sequence[Config]) -> np.ndarray:
-        return cost_features(self.space, configs) @ self.weights
-
-    @classmethod
-    def fit(cls, space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
-            batch: int = 1, quick: bool = False) -> "LocalCostModel":
-        from scipy.optimize import nnls
-        supernet = space.build_supernet()
-        threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
-        rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
-
-        def measure(cfg: Config) -> dict[str, Any] | None:
-            m = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
-            if m.get("value") is None:
-                return None
-            return {"latency_ms": m["value"], "method": m["method"]}
-
-        samples = collect_samples(space, [space.smallest(), space.largest()], n, seed, measure,
-                                  cache=cache, cache_key={"batch": batch}, desc="calibrate local latency")
-        method = next((s["method"] for s in reversed(samples) if "method" in s), "")
-        x = cost_features(space, [s["config"] for s in samples])
-        y = np.asarray([s["latency_ms"] for s in samples])
-        w, _ = nnls(x, y)
-        return cls(space, w, samples, method)
+    samples = collect_samples(space, [space.smallest(), space.largest()], n, seed, measure,
+                              cache=cache, cache_key={"batch": batch}, desc="calibrate local latency")
+    method = next((s["method"] for s in reversed(samples) if "method" in s), "")
+    model = CostModelPredictor.fit(space, [{"config": s["config"], "latency_ms": s["latency_ms"]} for s in samples],
+                                   device=str(getattr(profile, "name", profile)))
+    return model, samples, method
 
 
 def measure_latency(space: Any, config: Config, profile: Any, *, supernet: Any = None, batch: int = 1,
@@ -146,17 +130,25 @@ def effects_to_speedups(effects: Mapping[str, float]) -> dict[str, float]:
 
 def _predictors_latency(space: Any, profile: Any) -> tuple[Any, str]:
     """The :mod:`fitplan.predictors` predictor for this space and device, when one applies: the profile's
-    calibrated state (``profile.predictors[space]``) or the built-in device table. Those are for the
-    space's default spec (the shipped archs); other specs raise ``ConfigError``."""
+    calibrated state (``profile.predictors[space]``) or the built-in device table. An analytic state
+    (:class:`~fitplan.predictors.CostModelPredictor`) applies to the exact space spec it was fitted in; the
+    meta-learned ones cover the space's default spec (the shipped archs) only. Otherwise ``ConfigError``."""
+    from fitplan.predictors.analytic import ANALYTIC_FORMAT
     from fitplan.predictors.features import PREDICTOR_SPACES
     from fitplan.predictors.latency import load_profile_predictor, predictor_for_device
     from fitplan.search_spaces import create_space
 
+    state = (getattr(profile, "predictors", None) or {}).get(space.name)
+    if state and state.get("format") == ANALYTIC_FORMAT:
+        pred = load_profile_predictor(state)
+        if pred.space.spec() != space.spec():
+            raise ConfigError("model", f"the predictor calibrated for {profile.name} was fitted in space spec "
+                                       f"{pred.space.spec()}, not {space.spec()}")
+        return pred, f"predictor calibrated for {profile.name}"
     if space.name not in PREDICTOR_SPACES:
         raise ConfigError("model", f"no meta-learned latency predictor for space {space.name!r}", PREDICTOR_SPACES)
     if space.spec() != create_space(space.name).spec():
         raise ConfigError("model", "latency predictors cover the default spec of the space only")
-    state = (getattr(profile, "predictors", None) or {}).get(space.name)
     if state:
         return load_profile_predictor(state), f"predictor calibrated for {profile.name}"
     return predictor_for_device(space.name, profile.name), f"built-in table of {profile.name}"
@@ -181,11 +173,12 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
             errors.append(f"{type(e).__name__}: {e}")
     if local:
         cache = out_dir / "latency_calibration.json" if out_dir is not None else None
-        model = LocalCostModel.fit(space, profile, n=8 if quick else 16, seed=seed, cache=cache, batch=batch,
-                                   quick=quick)
-        desc = (f"predicted: planner LocalCostModel (NNLS on MACs/activations/layers) fitted to "
-                f"{len(model.samples)} configs measured here ({model.method[:120]})")
-        return model.predict, desc, False, {}
+        model, samples, method = fit_local_latency(space, profile, n=8 if quick else 16, seed=seed, cache=cache,
+                                                   batch=batch, quick=quick)
+        desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on MACs/activations/launches) "
+                f"fitted to {len(samples)} configs measured here ({method[:120]})")
+        predict = lambda configs: model.predict(list(configs), unknown="fp32", validate=False)  # noqa: E731
+        return predict, desc, model.models_compression, effects_to_speedups(model.effects)
     raise ConfigError("device", f"no latency predictor for space {space.name!r} on device "
                                 f"{getattr(profile, 'name', profile)!r} and the device is not local, so it "
                                 f"cannot be measured ({'; '.join(errors)})")

@@ -3,10 +3,15 @@
 Latency (:mod:`fitplan.predictors.latency`): a Gaussian prior over layer-wise per-device cost tables,
 meta-trained on the shipped HELP/HW-NAS-Bench devices, adapted to a new device from ~10 measured samples and
 blended with a Bayesian model average of rescaled source devices (:mod:`fitplan.predictors.basis`).
+Analytic (:mod:`fitplan.predictors.analytic`): :class:`CostModelPredictor`, a few-shot per-unit cost model
+for any registered space that prices each compression unit by its own bit-width (fp32 / int8 / mixed from
+one fit). :func:`calibrate_profile` picks between the two per device.
 """
+from fitplan.predictors.analytic import CostModelHyper, CostModelPredictor
 from fitplan.predictors.latency import (
     AdaptedPredictor,
     LatencyPredictor,
+    calibrate_predictor,
     calibrate_profile,
     load_profile_predictor,
     parse_samples,
@@ -17,7 +22,10 @@ from fitplan.predictors.latency import (
 
 __all__ = [
     "AdaptedPredictor",
+    "CostModelHyper",
+    "CostModelPredictor",
     "LatencyPredictor",
+    "calibrate_predictor",
     "calibrate_profile",
     "load_profile_predictor",
     "parse_samples",

@@ -14,6 +14,10 @@ Compression: the shipped device data are all fp32. A config with ``bits`` < 32, 
 speed-up factor on the affected MAC share is fitted); otherwise the effect is *unknown* and ``predict``
 raises :class:`~fitplan.errors.ConfigError` (``unknown="raise"``, default) or returns the fp32 prediction
 with a flag (``predict_with_flags`` / ``unknown="fp32"``) — it never invents a speed-up.
+
+Calibration (:func:`calibrate_predictor` / :func:`calibrate_profile`) chooses, per device, between this
+meta-learned predictor and the analytic per-unit cost model of :mod:`fitplan.predictors.analytic` (any
+space, compression priced per unit) by cross-validated error on the calibration samples themselves.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +37,9 @@ from fitplan.predictors.features import (
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
 from fitplan.predictors.basis import BasisHyper, available_devices, bma_log_predict, fit_bma, source_columns
 from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
+
+if TYPE_CHECKING:
+    from fitplan.predictors.analytic import CostModelPredictor
 
 PRIOR_FORMAT = "fitplan.latency_prior"
 PRIOR_FORMAT_VERSION = 1
@@ -511,18 +518,73 @@ def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
 
 
 # ------------------------------------------------------------------------------------------ profiles
-def calibrate_profile(profile: Any, samples: Any, space: str) -> dict[str, Any]:
-    """Adapt the shipped predictor of ``space`` to ``profile``'s samples; returns the JSON-able state to
-    store under ``profile.predictors[space]`` (the caller stores it)."""
+#: calibration methods: ``meta`` (:meth:`LatencyPredictor.adapt`, spaces with shipped multi-device data),
+#: ``analytic`` (:class:`~fitplan.predictors.analytic.CostModelPredictor`, any registered space, compression
+#: per unit), ``auto`` (the one with the lower cross-validated error on the samples themselves).
+CALIBRATION_METHODS = ("auto", "meta", "analytic")
+
+
+def calibrate_predictor(space: str, samples: Any, device: str = "unknown", method: str = "auto"
+                        ) -> "AdaptedPredictor | CostModelPredictor":
+    """A latency predictor of ``device`` in ``space`` (default spec) from measured samples.
+
+    ``auto`` picks, per device, between the meta-learned predictor and the analytic per-unit cost model by
+    their leave-one-out (at most 10-fold) mean relative error on the calibration samples: the meta prior wins
+    on devices like its sources (fp32 GPUs/phones of HELP), the analytic model on devices unlike them and
+    wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, ~2x *slower*). Spaces
+    without a meta prior always use ``analytic``. The choice and both errors are in ``provenance``.
+    """
+    from fitplan.predictors.analytic import CostModelPredictor, loo_relative_errors
+
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError("method", f"unknown calibration method {method!r}", CALIBRATION_METHODS)
+    if method == "analytic" or (method == "auto" and space not in PREDICTOR_SPACES):
+        return CostModelPredictor.fit(space, samples, device=device)
+    base = LatencyPredictor.for_space(space)  # UnknownNameError for a space without a prior
+    if method == "meta":
+        return base.adapt(samples, device=device)
+    items = list(samples["samples"] if isinstance(samples, Mapping) and "samples" in samples else samples)
+    analytic = CostModelPredictor.fit(space, items, device=device)  # validates the samples
+    configs = [s.get("arch", s.get("config")) for s in items]
+    y = np.asarray([float(s["latency_ms"]) for s in items])
+    errs: dict[str, float] = {}
+    fits = {"meta": lambda tr: base.adapt([items[i] for i in tr], device=device),
+            "analytic": lambda tr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device)}
+    for name, fit in fits.items():
+        def fit_predict(tr: np.ndarray, te: np.ndarray, fit: Any = fit) -> np.ndarray:
+            return fit(tr).predict([configs[i] for i in te], unknown="fp32")
+
+        try:
+            e = loo_relative_errors(fit_predict, configs, y, folds=10)
+            errs[name] = float(np.mean(e) * 100)
+        except ConfigError:  # e.g. a fold with fewer than 3 fp32 samples for the meta predictor
+            errs[name] = float("inf")
+    pick = "analytic" if errs["analytic"] < errs["meta"] else "meta"
+    pred = analytic if pick == "analytic" else base.adapt(items, device=device)
+    pred.provenance["selected_by"] = {"rule": "lower cross-validated mean relative error on the calibration "
+                                              "samples (leave-one-out, at most 10 folds)",
+                                      "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
+                                                                          for k, v in errs.items()}}
+    return pred
+
+
+def calibrate_profile(profile: Any, samples: Any, space: str, method: str = "auto") -> dict[str, Any]:
+    """Calibrate a latency predictor of ``space`` to ``profile``'s samples (:func:`calibrate_predictor`);
+    returns the JSON-able state to store under ``profile.predictors[space]`` (the caller stores it)."""
     name = str(getattr(profile, "name", profile))
-    return LatencyPredictor.for_space(space).adapt(samples, device=name).state_dict()
+    return calibrate_predictor(space, samples, device=name, method=method).state_dict()
 
 
-def load_profile_predictor(state: Mapping[str, Any]) -> AdaptedPredictor:
-    """The :class:`AdaptedPredictor` stored by :func:`calibrate_profile`."""
+def load_profile_predictor(state: Mapping[str, Any]) -> "AdaptedPredictor | CostModelPredictor":
+    """The predictor stored by :func:`calibrate_profile` (:class:`AdaptedPredictor` or, for states of format
+    ``fitplan.analytic_latency``, :class:`~fitplan.predictors.analytic.CostModelPredictor`)."""
+    from fitplan.predictors.analytic import ANALYTIC_FORMAT, CostModelPredictor
+
+    if isinstance(state, Mapping) and state.get("format") == ANALYTIC_FORMAT:
+        return CostModelPredictor.from_state(state)
     return AdaptedPredictor.from_state(state)
 
 
-__all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "DEFAULT_HYPER", "LatencyPredictor", "MIN_SAMPLES",
-           "calibrate_profile", "compression_shares", "load_profile_predictor", "parse_samples",
-           "predictor_for_device", "shipped_prior_path"]
+__all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "CALIBRATION_METHODS", "DEFAULT_HYPER", "LatencyPredictor",
+           "MIN_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares", "load_profile_predictor",
+           "parse_samples", "predictor_for_device", "shipped_prior_path"]

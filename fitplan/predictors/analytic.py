@@ -1,0 +1,577 @@
+"""Analytic few-shot latency predictor for any registered search space, compression modelled per unit.
+
+Why. The meta-learned predictor (:mod:`fitplan.predictors.latency`) needs a space with shipped multi-device
+data (``fbnet``, ``ofa_mbv3``, default spec) and learns compression only as one whole-network factor per
+effect. A device measured *here* (a local CPU, a calibration kit run) of *any* space needs a model that
+uses nothing but the space's own analytic costs (:meth:`SearchSpace.unit_costs`) and that prices each
+compression unit by its own bit-width, so that fp32, all-int8 and mixed 8/32-bit configs are predicted from
+one fit (on ONNX Runtime CPUs static int8 QDQ can be *slower* than fp32; nothing is assumed about the sign).
+
+Model. Every unit ``u`` of a config falls in a *class* -- ``"fp32"`` (32 bits, dense) or the compression it
+uses, e.g. ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=0.5:unstructured"`` -- and costs
+``z_u · w_class`` with the per-unit features ``z_u = [MACs/1e6, output activation elements/1e5, 1 launch]``
+(the launch is counted for active units that do work). The latency is::
+
+    ms(cfg) = b + Σ_u z_u · w_class(u),      b >= 0, w >= 0
+
+Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
+error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
+
+1. *Tied* model: each compressed class costs a scalar multiple of fp32, ``w_c = s_c · v`` (one factor per
+   class, found by a log-grid line search, coordinate-wise); the activation coefficient is shrunk toward 0
+   (``lam_act``), so with few samples the model is MACs + launches.
+2. *Free* model: every class gets its own coefficients, shrunk toward the tied solution (``lam_dev`` for the
+   compressed classes, ``lam_act`` for the fp32 activation term). With few compressed samples the fit stays
+   at "compressed = s x fp32 per unit"; with many, per-unit int8 MAC and activation/launch costs separate.
+3. Both stages are repeated with Huber weights on the relative residuals (IRLS), so one noisy measurement
+   (a run disturbed by another process) does not pull the whole fit.
+
+Penalties are in units of the relative prediction change (columns scaled by their RMS over the samples).
+The defaults (:class:`CostModelHyper`) were chosen with ``benchmarks/predictor_local.py`` on this machine's
+measured ofa_mbv3 dataset; differences between nearby settings were within the draw-to-draw noise.
+
+Unknown effects. A class that no calibration sample contains (e.g. ``bits=8`` when only fp32 configs were
+measured) has no data: :meth:`~CostModelPredictor.predict` raises :class:`~fitplan.errors.ConfigError`
+naming the config's field (``unknown="raise"``, default) or prices those units as fp32 and reports the
+effect in :meth:`~CostModelPredictor.predict_with_flags` (``unknown="fp32"``) -- exactly as
+:class:`~fitplan.predictors.latency.AdaptedPredictor` does. It never invents a speed-up.
+
+State: :meth:`~CostModelPredictor.state_dict` is plain JSON (format ``fitplan.analytic_latency``, version
+:data:`ANALYTIC_FORMAT_VERSION`), storable under ``profile.predictors[space]`` or in a file with
+:meth:`~CostModelPredictor.save`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitplan.errors import ConfigError, UnknownNameError
+from fitplan.jsonio import check_finite, load_versioned, save_versioned
+
+ANALYTIC_FORMAT = "fitplan.analytic_latency"
+ANALYTIC_FORMAT_VERSION = 1
+#: per-unit features, in order (names stored in the state; a state with other names is refused).
+UNIT_FEATURES = ("macs_1e6", "act_elems_1e5", "launches")
+_FEATURE_SCALE = np.array([1e6, 1e5, 1.0])
+#: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
+BASE_CLASS = "fp32"
+#: fewest distinct calibration configs accepted.
+MIN_SAMPLES = 3
+_ACT = UNIT_FEATURES.index("act_elems_1e5")
+
+
+@dataclass(frozen=True)
+class CostModelHyper:
+    """Fit settings (see the module docstring).
+
+    Attributes:
+        lam_dev: shrinkage of a compressed class's coefficients toward ``s_c`` x the fp32 ones.
+        lam_act: shrinkage of the activation-traffic coefficient (toward 0 in the tied stage, toward the tied
+            value in the free stage).
+        huber: Huber threshold in robust standard deviations of the relative residuals (0: plain least squares).
+        irls_iters: reweighting rounds when ``huber > 0``.
+        factor_min, factor_max, factor_grid: log-grid of the per-class factor ``s_c`` (refined to ~1 %).
+    """
+
+    lam_dev: float = 3.0
+    lam_act: float = 1.0
+    huber: float = 1.5
+    irls_iters: int = 5
+    factor_min: float = 0.05
+    factor_max: float = 20.0
+    factor_grid: int = 61
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, field_name: str = "hyper") -> CostModelHyper:
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ConfigError(field_name, "expected an object of fit settings", list(cls().to_dict()))
+        known = cls().to_dict()
+        out = {}
+        for k, v in d.items():
+            if k not in known:
+                raise ConfigError(f"{field_name}.{k}", "unknown setting", list(known))
+            if k in ("irls_iters", "factor_grid"):
+                if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "irls_iters" else 3):
+                    raise ConfigError(f"{field_name}.{k}", f"expected an integer >= "
+                                                           f"{0 if k == 'irls_iters' else 3}, got {v!r}")
+                out[k] = v
+            else:
+                out[k] = check_finite(f"{field_name}.{k}", v, positive=k.startswith("factor"))
+                if out[k] < 0:
+                    raise ConfigError(f"{field_name}.{k}", f"must be >= 0, got {v!r}")
+        h = cls(**{**known, **out})
+        if h.factor_min >= h.factor_max:
+            raise ConfigError(f"{field_name}.factor_max", "must be larger than factor_min")
+        return h
+
+
+def unit_class(bits: Any, sparsity: Any, pattern: Any) -> str:
+    """Class label of one unit: ``"fp32"``, ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=..."``."""
+    parts = []
+    if int(bits) != 32:
+        parts.append(f"bits={int(bits)}")
+    if float(sparsity) > 0:
+        parts.append(f"sparsity={float(sparsity):g}:{pattern}")
+    return "+".join(parts) or BASE_CLASS
+
+
+def _space_of(space: Any) -> Any:
+    from fitplan.search_spaces import create_space
+
+    if isinstance(space, (str, Mapping)):
+        try:
+            return create_space(space)
+        except UnknownNameError as e:
+            raise ConfigError("space", str(e)) from None
+        except TypeError as e:  # bad spec keyword
+            raise ConfigError("space", f"invalid space spec ({e})") from None
+    if not hasattr(space, "unit_costs") or not hasattr(space, "spec"):
+        raise ConfigError("space", f"expected a search space, its name or spec, got {type(space).__name__}")
+    return space
+
+
+class UnitFeaturizer:
+    """Per-unit features and classes of configs of one space (unit costs memoised on the architecture keys;
+    compression does not change them)."""
+
+    def __init__(self, space: Any, cache_size: int = 50_000):
+        self.space = space
+        self._arch_keys = [d.name for d in space.arch_dimensions()]
+        self._n_units = len(space.units())
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._labels: dict[tuple, str] = {}
+
+    def _z(self, cfg: Mapping[str, Any]) -> np.ndarray:
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in (cfg.get(k) for k in self._arch_keys))
+        z = self._cache.get(key)
+        if z is None:
+            units = self.space.unit_costs(cfg)
+            z = np.array([[u.macs, u.act_elems, 1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0]
+                          for u in units], dtype=np.float64).reshape(len(units), len(UNIT_FEATURES))
+            z[:, :2] /= _FEATURE_SCALE[:2]
+            self._cache[key] = z
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return z
+
+    def classes(self, cfg: Mapping[str, Any]) -> list[str]:
+        """Class label of every unit of one config (:func:`unit_class`, memoised per (bits, sparsity))."""
+        n = self._n_units
+        bits = cfg.get("bits", [32] * n)
+        sp = cfg.get("sparsity", [0.0] * n)
+        pattern = cfg.get("sparsity_pattern", "unstructured")
+        memo = self._labels
+        out = []
+        for b, s in zip(bits, sp):
+            key = (b, s, pattern)
+            lab = memo.get(key)
+            if lab is None:
+                lab = memo[key] = unit_class(b, s, pattern)
+            out.append(lab)
+        return out
+
+    def design(self, configs: Sequence[Mapping[str, Any]], classes: Sequence[str], fallback: str | None = None
+               ) -> tuple[np.ndarray, list[list[str]]]:
+        """Design rows ``[n, 1 + J * len(classes)]`` (intercept, then per class the summed unit features) and,
+        per config, the classes of working units that are not in ``classes`` (their features go to the
+        ``fallback`` class's columns when given, else they are dropped)."""
+        j = len(UNIT_FEATURES)
+        pos = {c: k for k, c in enumerate(classes)}
+        fb = pos.get(fallback, -1) if fallback is not None else -1
+        n, u, c = len(configs), self._n_units, len(classes)
+        z = np.zeros((n, u, j))
+        onehot = np.zeros((n, u, c))
+        missing: list[list[str]] = []
+        for i, cfg in enumerate(configs):
+            zi = self._z(cfg)
+            z[i] = zi
+            miss = set()
+            for k, lab in enumerate(self.classes(cfg)):
+                col = pos.get(lab, -1)
+                if col < 0:
+                    if not zi[k].any():
+                        continue  # an inactive unit: its class does not matter
+                    miss.add(lab)
+                    col = fb
+                if col >= 0:
+                    onehot[i, k, col] = 1.0
+            missing.append(sorted(miss))
+        x = np.empty((n, 1 + j * c))
+        x[:, 0] = 1.0
+        x[:, 1:] = np.einsum("nuc,nuj->ncj", onehot, z).reshape(n, c * j)
+        return x, missing
+
+
+def _nnls_rel(x: np.ndarray, y: np.ndarray, wts: np.ndarray, lam: np.ndarray, ref: np.ndarray,
+              scale: np.ndarray) -> tuple[np.ndarray, float]:
+    """``min Σ wts_i² (x_i·w / y_i - 1)² + Σ_k lam_k scale_k² (w_k - ref_k)²``, ``w >= 0``; returns (w, loss)."""
+    from scipy.optimize import nnls
+
+    a = x / y[:, None] * wts[:, None]
+    b = wts.astype(np.float64).copy()
+    pen = lam > 0
+    if pen.any():
+        d = np.zeros((int(pen.sum()), x.shape[1]))
+        d[np.arange(d.shape[0]), np.flatnonzero(pen)] = np.sqrt(lam[pen]) * scale[pen]
+        a = np.vstack([a, d])
+        b = np.concatenate([b, d @ ref])
+    try:
+        w, _ = nnls(a, b, maxiter=50 * x.shape[1])
+    except RuntimeError:  # iteration limit on an ill-conditioned system: bounded least squares instead
+        from scipy.optimize import lsq_linear
+
+        w = np.maximum(lsq_linear(a, b, bounds=(0.0, np.inf)).x, 0.0)
+    r = a @ w - b
+    return w, float(r @ r)
+
+
+@dataclass
+class _Fit:
+    intercept: float
+    coef: dict[str, np.ndarray]
+    factors: dict[str, float]
+
+
+def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.ndarray,
+                  h: CostModelHyper) -> _Fit:
+    """Tied stage (per-class factor line search), then the free stage shrunk toward it (module doc)."""
+    j = len(UNIT_FEATURES)
+    blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
+    comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
+    base = classes.index(BASE_CLASS)
+    factors = {k: 1.0 for k in comp}
+    grid = np.exp(np.linspace(math.log(h.factor_min), math.log(h.factor_max), h.factor_grid))
+    step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
+    lam_t = np.zeros(1 + j)
+    lam_t[1 + _ACT] = h.lam_act
+
+    def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
+        xr = np.column_stack([x[:, 0], blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)])
+        sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
+        return _nnls_rel(xr, y, wts, lam_t, np.zeros(1 + j), sc)
+
+    for _ in range(2 if len(comp) > 1 else 1):  # coordinate search over the class factors
+        for k in comp:
+            vals = [tied({**factors, k: s})[1] for s in grid]
+            best = float(grid[int(np.argmin(vals))])
+            fine = best * np.exp(np.linspace(-step, step, 11))
+            fvals = [tied({**factors, k: s})[1] for s in fine]
+            factors[k] = float(fine[int(np.argmin(fvals))])
+    v, _ = tied(factors)
+    ref = np.zeros(x.shape[1])
+    ref[0] = v[0]
+    lam = np.zeros(x.shape[1])
+    for k in range(len(classes)):
+        sl = slice(1 + j * k, 1 + j * (k + 1))
+        if k == base:
+            ref[sl] = v[1:]
+            lam[1 + j * k + _ACT] = h.lam_act
+        else:
+            ref[sl] = factors[k] * v[1:]
+            lam[sl] = h.lam_dev
+    scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
+    w, _ = _nnls_rel(x, y, wts, lam, ref, scale)
+    coef = {c: w[1 + j * k:1 + j * (k + 1)].copy() for k, c in enumerate(classes)}
+    return _Fit(float(w[0]), coef, {classes[k]: factors[k] for k in comp})
+
+
+def fit_cost_model(x: np.ndarray, y: np.ndarray, classes: Sequence[str], h: CostModelHyper) -> _Fit:
+    """Robust (Huber IRLS) fit of the per-class cost model on design rows ``x`` (:meth:`UnitFeaturizer.design`)."""
+    wts = np.ones(len(y))
+    fit = _fit_weighted(x, y, classes, wts, h)
+    if h.huber <= 0:
+        return fit
+    for _ in range(h.irls_iters):
+        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
+        r = x @ w / y - 1.0
+        s = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
+        u = np.abs(r) / (h.huber * s)
+        new = np.where(u <= 1.0, 1.0, 1.0 / np.sqrt(np.maximum(u, 1e-12)))  # row weight = sqrt(Huber weight)
+        if np.allclose(new, wts, atol=1e-3):
+            break
+        wts = new
+        fit = _fit_weighted(x, y, classes, wts, h)
+    return fit
+
+
+# ------------------------------------------------------------------------------------------ samples
+def validate_config(space: Any, cfg: Any, prefix: str) -> dict[str, Any]:
+    """``space.validate(cfg)`` with the error's field prefixed (``samples.2.arch.ks.4``). The HELP datasets'
+    informational ``arch_str`` key is dropped first."""
+    if isinstance(cfg, Mapping) and "arch_str" in cfg:
+        cfg = {k: v for k, v in cfg.items() if k != "arch_str"}
+    try:
+        return space.validate(cfg)
+    except ConfigError as e:
+        message = str(e).split(": ", 1)[-1].split(" (allowed:")[0]
+        raise ConfigError(f"{prefix}.{e.field}", message, e.allowed) from None
+
+
+def parse_cost_samples(space: Any, samples: Any) -> tuple[list[dict[str, Any]], np.ndarray, int]:
+    """Validate ``[{"arch" | "config": cfg, "latency_ms": float}, ...]`` (or ``{"samples": [...]}``) against
+    ``space``; returns (validated configs, ms, number of merged repeats).
+
+    Repeated configs are merged into one sample (geometric mean of their latencies): repeats are
+    measurements, not errors. Raises :class:`ConfigError` naming the field (``samples.3.latency_ms``,
+    ``samples.2.arch.ks.4``) for anything malformed, and ``samples`` for too few distinct configs.
+    """
+    if isinstance(samples, Mapping):
+        if "samples" not in samples:
+            raise ConfigError("samples", "expected a list of samples or {\"samples\": [...]}")
+        samples = samples["samples"]
+    if not isinstance(samples, (list, tuple)):
+        raise ConfigError("samples", f"expected a list of {{'arch', 'latency_ms'}} objects, got "
+                                     f"{type(samples).__name__}")
+    index: dict[str, int] = {}
+    configs: list[dict[str, Any]] = []
+    logs: list[list[float]] = []
+    for i, s in enumerate(samples):
+        f = f"samples.{i}"
+        if not isinstance(s, Mapping):
+            raise ConfigError(f, f"expected an object with 'arch' and 'latency_ms', got {type(s).__name__}")
+        key_name = "arch" if "arch" in s else "config"
+        cfg = s.get(key_name)
+        if cfg is None:
+            raise ConfigError(f"{f}.arch", "missing key")
+        if "latency_ms" not in s:
+            raise ConfigError(f"{f}.latency_ms", "missing key")
+        ms = check_finite(f"{f}.latency_ms", s["latency_ms"], positive=True)
+        cfg = validate_config(space, cfg, f"{f}.{key_name}")
+        key = json.dumps(cfg, sort_keys=True)
+        if key in index:
+            logs[index[key]].append(math.log(ms))
+            continue
+        index[key] = len(configs)
+        configs.append(cfg)
+        logs.append([math.log(ms)])
+    if len(configs) < MIN_SAMPLES:
+        raise ConfigError("samples", f"need at least {MIN_SAMPLES} distinct measured configs, got {len(configs)} "
+                                     "(10 or more recommended)")
+    y = np.exp([float(np.mean(v)) for v in logs])
+    return configs, y, len(samples) - len(configs)
+
+
+# ------------------------------------------------------------------------------------------ predictor
+@dataclass
+class CostModelPredictor:
+    """Few-shot latency predictor of one device in one space spec: ``ms = b + Σ_u z_u · w_class(u)``.
+
+    Build with :meth:`fit` from measured samples; :meth:`predict` works on any batch of configs of the space
+    (validated configs are used as they are; :meth:`predict` validates unless ``validate=False``).
+
+    Attributes:
+        space: the search space (a :class:`~fitplan.search_spaces.base.SearchSpace`).
+        intercept_ms: fixed per-inference cost ``b``.
+        coef: per class, the ``len(UNIT_FEATURES)`` non-negative per-unit coefficients (ms per feature unit).
+        factors: per compressed class, the tied-stage factor ``s_c`` (a compressed unit costs about ``s_c``
+            times its fp32 cost; ``s_c > 1`` means compression is *slower* on this device).
+        device: device name (free text).
+        n_samples: distinct calibration configs used.
+        hyper: fit settings.
+        provenance: how the fit was made (method, sample counts per class, in-sample error).
+    """
+
+    space: Any
+    intercept_ms: float
+    coef: dict[str, np.ndarray]
+    factors: dict[str, float] = field(default_factory=dict)
+    device: str = "unknown"
+    n_samples: int = 0
+    hyper: CostModelHyper = field(default_factory=CostModelHyper)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.space = _space_of(self.space)
+        self._feat = UnitFeaturizer(self.space)
+        self._classes = [BASE_CLASS] + sorted(c for c in self.coef if c != BASE_CLASS)
+        self._w = np.concatenate([[self.intercept_ms]] + [np.asarray(self.coef[c], dtype=np.float64)
+                                                           for c in self._classes])
+
+    # -------------------------------------------------------------- fit
+    @classmethod
+    def fit(cls, space: Any, samples: Any, device: str = "unknown",
+            hyper: CostModelHyper | Mapping[str, Any] | None = None) -> CostModelPredictor:
+        """Fit to measured samples ``[{"arch" | "config", "latency_ms"}]`` of ``space`` (instance, name or spec).
+
+        Needs at least :data:`MIN_SAMPLES` distinct configs, one of them with uncompressed units. Every
+        compression class present in the samples gets coefficients; others stay unknown (module doc).
+        """
+        space = _space_of(space)
+        h = hyper if isinstance(hyper, CostModelHyper) else CostModelHyper.from_dict(hyper)
+        configs, y, merged = parse_cost_samples(space, samples)
+        feat = UnitFeaturizer(space)
+        _, present = feat.design(configs, [])
+        counts: dict[str, int] = {}
+        for labels in present:
+            for c in labels:
+                counts[c] = counts.get(c, 0) + 1
+        if BASE_CLASS not in counts:
+            raise ConfigError("samples", "no sample has uncompressed (32-bit, dense) units: the fp32 costs the "
+                                         "compressed classes are tied to are unknown; add fp32 or mixed configs")
+        classes = [BASE_CLASS] + sorted(c for c in counts if c != BASE_CLASS)
+        x, _ = feat.design(configs, classes)
+        fit = fit_cost_model(x, y, classes, h)
+        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
+        ape = np.abs(x @ w - y) / y
+        prov = {"method": "analytic per-unit cost model (MACs, activation elements, launches per compression "
+                          "class; intercept), relative-error NNLS tied to fp32 then shrunk, Huber IRLS",
+                "space": space.spec(), "n_samples": len(configs), "merged_repeats": merged,
+                "samples_per_class": dict(sorted(counts.items())),
+                "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
+        return cls(space, fit.intercept, fit.coef, fit.factors, device, len(configs), h, prov)
+
+    # -------------------------------------------------------------- predict
+    @property
+    def classes(self) -> list[str]:
+        """Classes with coefficients (``"fp32"`` first)."""
+        return list(self._classes)
+
+    @property
+    def effects(self) -> dict[str, float]:
+        """Known compression effects as :class:`AdaptedPredictor` states them (``lat = fp32 · (1 - f · share)``,
+        ``f = 1 - s_c``): ``{"bits=8": -1.1}`` means int8 units cost 2.1x their fp32 cost."""
+        return {c: 1.0 - s for c, s in sorted(self.factors.items())}
+
+    @property
+    def models_compression(self) -> bool:
+        """Whether any compression class has coefficients (the planner then adds no speed-up of its own)."""
+        return len(self._classes) > 1
+
+    def predict_with_flags(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any], validate: bool = True
+                           ) -> tuple[np.ndarray, list[list[str]]]:
+        """Predicted ms per config and, per config, the compression classes (``"bits=8"``, ...) this device
+        has no data on (their units are priced as fp32)."""
+        if isinstance(configs, Mapping):
+            configs = [configs]
+        configs = list(configs)
+        if validate:
+            configs = [self._validate(c, f"configs.{i}") for i, c in enumerate(configs)]
+        x, missing = self._feat.design(configs, self._classes, fallback=BASE_CLASS)
+        return x @ self._w, missing
+
+    def predict(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any], unknown: str = "raise",
+                validate: bool = True) -> np.ndarray:
+        """Predicted milliseconds, shape ``[len(configs)]`` (a single dict gives shape ``[1]``).
+
+        ``unknown``: ``"raise"`` (default) raises :class:`ConfigError` naming ``configs.<i>.bits`` (or
+        ``.sparsity``) when a config uses a compression this device has no data on; ``"fp32"`` prices those
+        units as fp32 instead. ``validate=False`` skips config validation (configs already validated).
+        """
+        if unknown not in ("raise", "fp32"):
+            raise ConfigError("unknown", f"invalid value {unknown!r}", ["raise", "fp32"])
+        ms, flags = self.predict_with_flags(configs, validate=validate)
+        if unknown == "raise":
+            for i, f in enumerate(flags):
+                if f:
+                    key = "bits" if f[0].startswith("bits") else "sparsity"
+                    raise ConfigError(f"configs.{i}.{key}",
+                                      f"no {f[0]} latency data for device {self.device!r}: its cost is unknown "
+                                      f"(calibrate with samples that use it, or pass unknown='fp32' for the "
+                                      f"uncompressed prediction); known: {', '.join(self._classes)}")
+        return ms
+
+    def _validate(self, cfg: Any, f: str) -> dict[str, Any]:
+        return validate_config(self.space, cfg, f)
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (format :data:`ANALYTIC_FORMAT`; storable under ``profile.predictors[space]``)."""
+        return {"format": ANALYTIC_FORMAT, "format_version": ANALYTIC_FORMAT_VERSION, **self._payload()}
+
+    def _payload(self) -> dict[str, Any]:
+        return {"space": self.space.spec(), "device": self.device, "n_samples": self.n_samples,
+                "unit_features": list(UNIT_FEATURES), "intercept_ms": float(self.intercept_ms),
+                "coef": {c: [float(v) for v in self.coef[c]] for c in self._classes},
+                "factors": {c: float(v) for c, v in sorted(self.factors.items())},
+                "hyper": self.hyper.to_dict(), "provenance": self.provenance,
+                "note": "predicted latency in ms, batch as measured by the calibration samples"}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> CostModelPredictor:
+        """Rebuild from :meth:`state_dict` output; :class:`ConfigError` naming the field on a foreign, stale
+        or malformed state."""
+        if not isinstance(state, Mapping) or state.get("format") != ANALYTIC_FORMAT:
+            raise ConfigError("format", "not a fitplan analytic latency-predictor state", [ANALYTIC_FORMAT])
+        if state.get("format_version") != ANALYTIC_FORMAT_VERSION:
+            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r}",
+                              [ANALYTIC_FORMAT_VERSION])
+        if list(state.get("unit_features") or []) != list(UNIT_FEATURES):
+            raise ConfigError("unit_features", f"state was made with features {state.get('unit_features')!r}; "
+                                               "recalibrate", [list(UNIT_FEATURES)])
+        spec = state.get("space")
+        if not isinstance(spec, Mapping) or "space" not in spec:
+            raise ConfigError("space", "expected the space spec ({\"space\": name, ...})")
+        coef = state.get("coef")
+        if not isinstance(coef, Mapping) or BASE_CLASS not in coef:
+            raise ConfigError("coef", f"expected {{class: [{len(UNIT_FEATURES)} floats]}} with a {BASE_CLASS!r} "
+                                      "entry")
+        arrs = {}
+        for c, v in coef.items():
+            a = np.asarray(v, dtype=np.float64) if isinstance(v, list) else np.zeros(0)
+            if a.shape != (len(UNIT_FEATURES),) or not np.isfinite(a).all() or (a < 0).any():
+                raise ConfigError(f"coef.{c}", f"expected {len(UNIT_FEATURES)} finite non-negative floats")
+            arrs[str(c)] = a
+        b = check_finite("intercept_ms", state.get("intercept_ms"))
+        if b < 0:
+            raise ConfigError("intercept_ms", f"must be >= 0, got {b!r}")
+        factors = state.get("factors", {})
+        if not isinstance(factors, Mapping):
+            raise ConfigError("factors", "expected {class: float}")
+        fac = {str(k): check_finite(f"factors.{k}", v, positive=True) for k, v in factors.items()}
+        n = state.get("n_samples", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError("n_samples", f"expected a non-negative integer, got {n!r}")
+        return cls(space=dict(spec), intercept_ms=b, coef=arrs, factors=fac, device=str(state.get("device", "unknown")),
+                   n_samples=n, hyper=CostModelHyper.from_dict(state.get("hyper")),
+                   provenance=dict(state.get("provenance") or {}))
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as a versioned JSON file (:func:`fitplan.jsonio.save_versioned`)."""
+        save_versioned(path, ANALYTIC_FORMAT, ANALYTIC_FORMAT_VERSION, self._payload())
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModelPredictor:
+        """Read a file written by :meth:`save`."""
+        return cls.from_state(load_versioned(path, ANALYTIC_FORMAT, (ANALYTIC_FORMAT_VERSION,)))
+
+
+def loo_relative_errors(fit_predict: Any, configs: Sequence[Mapping[str, Any]], y: np.ndarray,
+                        folds: int = 20, seed: int = 0) -> np.ndarray:
+    """Held-out relative errors ``|pred/y - 1|`` of ``fit_predict(train_idx, test_idx) -> ms`` by
+    leave-one-out (``len(y) <= folds``) or ``folds``-fold cross-validation (used to choose a method)."""
+    n = len(y)
+    idx = np.arange(n)
+    groups = [np.array([i]) for i in idx] if n <= folds else np.array_split(
+        np.random.default_rng(seed).permutation(n), folds)
+    err = np.empty(n)
+    for g in groups:
+        tr = np.setdiff1d(idx, g)
+        err[g] = np.abs(np.asarray(fit_predict(tr, g), dtype=np.float64) / y[g] - 1.0)
+    return err
+
+
+__all__ = [
+    "ANALYTIC_FORMAT",
+    "ANALYTIC_FORMAT_VERSION",
+    "BASE_CLASS",
+    "UNIT_FEATURES",
+    "CostModelHyper",
+    "CostModelPredictor",
+    "UnitFeaturizer",
+    "loo_relative_errors",
+    "parse_cost_samples",
+    "unit_class",
+]
