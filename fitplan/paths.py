@@ -17,6 +17,15 @@ def fitplan_home() -> Path:
     return Path(os.environ.get("FITPLAN_HOME", Path.home() / ".fitplan"))
 
 
+def fitplan_cache() -> Path:
+    """Machine-specific caches that can be rebuilt at any time (the timing reference and its anchors):
+    ``$FITPLAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fitplan``, else ``~/.cache/fitplan``."""
+    env = os.environ.get("FITPLAN_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fitplan"
+
+
 def shared_latency_dir() -> Path | None:
     """The measured-latency research data (``../shared/data/latency`` beside the repository), if present.
 

@@ -7,9 +7,12 @@ Needs only ``onnxruntime`` and ``numpy`` (no fitplan, no torch). Usage, in the k
     python bench.py --threads 4 --provider CPUExecutionProvider --out results-4t.json
 
 For every model listed in ``manifest.json`` it checks the file's sha256, builds an ONNX Runtime session
-with pinned thread counts, runs warm-up inferences, then repeats until the median is stable (95%
-distribution-free confidence interval of the median within ``--rel-tol`` of it) or a repeat / time cap is
-reached, and records median, p10, p90 and the count. ``results.json`` is rewritten (atomically) after every
+with pinned thread counts, runs warm-up inferences, then times it in blocks alternating with the kit's
+reference model (``reference.onnx``) until the median per-block latency ratio is stable (95%
+distribution-free confidence interval within ``--rel-tol`` of it) or a time cap is reached, and records
+``ratio x anchor`` as the median (the anchor is the reference's own latency, measured once at the start,
+spread over a few seconds), the raw median, p10, p90 and the count. Interleaving cancels most of the drift
+of a busy or thermally throttled device; ``--no-reference`` records plain medians instead. ``results.json`` is rewritten (atomically) after every
 model with ``"complete": false`` until the last one, and an interrupted run resumes where it stopped, so
 no finished measurement is lost. Bring ``results.json`` back and run
 ``fitplan calibrate import results.json --name <device>``.
@@ -42,7 +45,7 @@ DEFAULTS: dict[str, float] = {
     "warmup_s": 0.3,         # at least this long of warm-up ...
     "min_warmup": 5,         # ... and at least this many warm-up runs
     "min_repeats": 20,       # never stop before this many timed runs
-    "max_repeats": 400,      # never time more than this many runs
+    "max_repeats": 3000,     # never time more than this many runs
     "max_seconds": 15.0,     # time cap for the timed runs of one model
     "rel_tol": 0.01,         # stop once the 95% CI half-width of the median is <= 1% of it
 }
@@ -107,6 +110,108 @@ def time_callable(fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s
     return out
 
 
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s"],
+                min_warmup: int = int(DEFAULTS["min_warmup"]), min_repeats: int = int(DEFAULTS["min_repeats"]),
+                max_repeats: int = int(DEFAULTS["max_repeats"]), max_seconds: float = DEFAULTS["max_seconds"],
+                rel_tol: float = DEFAULTS["rel_tol"], block_s: float = 0.05, min_blocks: int = 10) -> dict[str, Any]:
+    """Time ``fn()`` interleaved with a reference ``ref_fn()``; the stable number is their ratio.
+
+    Blocks alternate: at least 3 runs (and ``block_s``) of ``fn``, then runs of ``ref_fn`` for the same
+    wall time. Machine-wide slow-downs (co-tenants, frequency changes) hit both halves of a block alike, so
+    the median over blocks of ``median(fn) / median(ref)`` is far steadier than either median alone. Stops
+    when at least ``min_blocks`` blocks and ``min_repeats`` runs of ``fn`` are done and the ~95% CI
+    half-width of the median ratio is at most ``rel_tol`` of it, or at ``max_repeats`` runs of ``fn`` or
+    ``max_seconds`` (then ``stable`` is false). Returns :func:`summarize` of ``fn``'s times plus ``ratio``,
+    ``ratio_rel_ci``, ``blocks``, ``ref_median_ms`` and ``ref_count``.
+    """
+    t0 = time.perf_counter()
+    nw = 0
+    while nw < min_warmup or time.perf_counter() - t0 < warmup_s:
+        fn()
+        ref_fn()
+        nw += 1
+    times: list[float] = []
+    ref_times: list[float] = []
+    ratios: list[float] = []
+    stable = False
+    start = time.perf_counter()
+    while len(times) < max_repeats:
+        a: list[float] = []
+        tb = time.perf_counter()
+        while (len(a) < 3 or time.perf_counter() - tb < block_s) and len(times) + len(a) < max_repeats:
+            a.append(_timed(fn))
+        b: list[float] = []
+        while not b or sum(b) < sum(a):
+            b.append(_timed(ref_fn))
+        times += a
+        ref_times += b
+        ratios.append(float(np.median(a) / np.median(b)))
+        if len(ratios) >= min_blocks and len(times) >= min_repeats:
+            r = np.sort(np.asarray(ratios))
+            lo, hi = median_ci(r)
+            if (hi - lo) / (2.0 * float(np.median(r))) <= rel_tol:
+                stable = True
+                break
+        if time.perf_counter() - start > max_seconds and len(ratios) >= 3:
+            break
+    out = summarize(times)
+    r = np.sort(np.asarray(ratios))
+    lo, hi = median_ci(r)
+    ratio = float(np.median(r))
+    out.update({"ratio": ratio, "ratio_rel_ci": float((hi - lo) / (2.0 * ratio)), "blocks": len(ratios),
+                "ref_median_ms": float(np.median(ref_times) * 1e3), "ref_count": len(ref_times),
+                "stable": bool(stable), "warmup": nw,
+                "rule": {"warmup_s": warmup_s, "min_warmup": min_warmup, "min_repeats": min_repeats,
+                         "max_repeats": max_repeats, "max_seconds": max_seconds, "rel_tol": rel_tol,
+                         "block_s": block_s, "min_blocks": min_blocks}})
+    return out
+
+
+def measure_anchor(ref_path: str, input_shape: list[int], threads: int, provider: str = "CPUExecutionProvider",
+                   windows: int = 12, window_s: float = 0.15, gap_s: float = 0.05) -> dict[str, Any]:
+    """The reference model's latency on this machine when it is quiet: the lower quartile of ``windows``
+    window medians spread over a few seconds (a slow-down in some windows does not move it)."""
+    sess = make_session(ref_path, threads, provider)
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    run = lambda: sess.run(None, feed)  # noqa: E731
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        run()
+    meds = []
+    for _ in range(windows):
+        ts: list[float] = []
+        tw = time.perf_counter()
+        while len(ts) < 5 or time.perf_counter() - tw < window_s:
+            ts.append(_timed(run))
+        meds.append(float(np.median(ts) * 1e3))
+        time.sleep(gap_s)
+    return {"anchor_ms": float(np.percentile(meds, 25)), "window_medians_ms": [round(m, 5) for m in meds],
+            "threads": int(threads), "provider": provider, "measured_at": utc_now(),
+            "method": f"lower quartile of {windows} window medians ({window_s:g} s windows, {gap_s:g} s apart)"}
+
+
+def anchored(stats: dict[str, Any], anchor_ms: float) -> dict[str, Any]:
+    """Rescale paired timing ``stats`` to ``ratio x anchor_ms``; raw numbers kept as ``raw_*``."""
+    out = dict(stats)
+    value = stats["ratio"] * anchor_ms
+    scale = value / stats["median_ms"]
+    for k in ("median_ms", "p10_ms", "p90_ms", "min_ms"):
+        out[f"raw_{k}"] = stats[k]
+        out[k] = float(stats[k] * scale)
+    out["median_ms"] = float(value)
+    out["raw_rel_ci"] = stats["rel_ci"]
+    out["rel_ci"] = stats["ratio_rel_ci"]
+    out["anchor_ms"] = float(anchor_ms)
+    out["estimator"] = "anchored"
+    return out
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -161,13 +266,24 @@ def make_session(path: str, threads: int, provider: str = "CPUExecutionProvider"
 
 
 def time_onnx(path: str, input_shape: list[int], threads: int, provider: str = "CPUExecutionProvider",
-              seed: int = 0, **rule: Any) -> dict[str, Any]:
-    """Time one ONNX model on a fixed random input of ``input_shape`` (batch included)."""
+              seed: int = 0, reference: tuple[str, list[int], float] | None = None, **rule: Any) -> dict[str, Any]:
+    """Time one ONNX model on a fixed random input of ``input_shape`` (batch included).
+
+    ``reference = (ref_path, ref_input_shape, anchor_ms)`` times it interleaved with the reference model
+    (:func:`time_paired`) and reports ``ratio x anchor_ms`` (:func:`anchored`); otherwise plain
+    :func:`time_callable` (``estimator: "median"``).
+    """
     sess = make_session(path, threads, provider)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
     feed = {name: x}
-    return time_callable(lambda: sess.run(None, feed), **rule)
+    if reference is None:
+        return {**time_callable(lambda: sess.run(None, feed), **rule), "estimator": "median"}
+    ref_path, ref_shape, anchor_ms = reference
+    rsess = make_session(ref_path, threads, provider)
+    rfeed = {rsess.get_inputs()[0].name: np.random.default_rng(seed).standard_normal(ref_shape).astype(np.float32)}
+    stats = time_paired(lambda: sess.run(None, feed), lambda: rsess.run(None, rfeed), **rule)
+    return anchored(stats, anchor_ms)
 
 
 def _write_atomic(path: str, doc: dict[str, Any]) -> None:
@@ -193,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=DEFAULTS["max_seconds"], help="cap per model")
     ap.add_argument("--rel-tol", type=float, default=DEFAULTS["rel_tol"])
     ap.add_argument("--fresh", action="store_true", help="ignore a partial results file instead of resuming")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="plain medians instead of timing each model interleaved with the kit's reference model")
     a = ap.parse_args(argv)
     if a.threads < 1:
         ap.error("--threads must be >= 1")
@@ -208,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kit_dir = os.path.dirname(os.path.abspath(a.manifest))
     out = a.out or os.path.join(kit_dir, "results.json")
-    settings = {"threads": a.threads, "provider": a.provider}
+    ref = manifest.get("reference") if not a.no_reference else None
+    settings = {"threads": a.threads, "provider": a.provider, "anchored": ref is not None}
     rule = {"warmup_s": a.warmup_s, "min_repeats": a.min_repeats, "max_repeats": a.max_repeats,
             "max_seconds": a.max_seconds, "rel_tol": a.rel_tol}
     done: dict[str, dict[str, Any]] = {}
     started = utc_now()
+    anchor: dict[str, Any] | None = None
     if os.path.exists(out) and not a.fresh:
         try:
             with open(out) as f:
@@ -220,14 +340,25 @@ def main(argv: list[str] | None = None) -> int:
             if prev.get("kit_id") == manifest["kit_id"] and prev.get("settings") == settings:
                 done = {r["id"]: r for r in prev.get("results", [])}
                 started = prev.get("started", started)
+                anchor = prev.get("anchor")
                 if done:
                     print(f"resuming: {len(done)} model(s) already measured in {out}")
         except (OSError, ValueError, KeyError, TypeError):
             print(f"warning: could not read {out}; starting over", file=sys.stderr)
+    reference = None
+    if ref is not None:
+        ref_path = os.path.join(kit_dir, ref["file"])
+        if sha256_file(ref_path) != ref["sha256"]:
+            print(f"error: {ref['file']} does not match the manifest; re-copy the kit", file=sys.stderr)
+            return 2
+        if anchor is None:
+            anchor = measure_anchor(ref_path, ref["input_shape"], a.threads, a.provider)
+            print(f"reference {ref['id']}: anchor {anchor['anchor_ms']:.3f} ms ({anchor['method']})", flush=True)
+        reference = (ref_path, ref["input_shape"], anchor["anchor_ms"])
     doc: dict[str, Any] = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION,
                            "kit_id": manifest["kit_id"], "space": manifest.get("space"),
                            "settings": settings, "rule": rule, "machine": machine_info(),
-                           "started": started, "complete": False, "results": []}
+                           "started": started, "complete": False, "anchor": anchor, "results": []}
     models = manifest["models"]
     for i, m in enumerate(models):
         if m["id"] in done and done[m["id"]].get("sha256") == m["sha256"]:
@@ -240,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['sha256'][:12]}...); re-copy the kit", file=sys.stderr)
             return 2
         t = time.time()
-        stats = time_onnx(path, m["input_shape"], a.threads, a.provider, **rule)
+        stats = time_onnx(path, m["input_shape"], a.threads, a.provider, reference=reference, **rule)
         res = {"id": m["id"], "file": m["file"], "sha256": digest, "arch": m["arch"], "variant": m["variant"],
                "batch": m["batch"], "measured_at": utc_now(), **stats}
         doc["results"].append(res)

@@ -116,6 +116,7 @@ def write_kit(space: Any, n: int, out_dir: str | Path, *, batch: int = 1, seed: 
     scales do not change which kernels run), so that the device's int8 speed-up is measured too.
     """
     from fitplan.hw_profiles.measure import _calib_array, quantize_int8
+    from fitplan.hw_profiles.reference import REFERENCE_ID, REFERENCE_INPUT, build_reference_onnx
     from fitplan.onnx_utils import INPUT_NAME, export_onnx
     from fitplan import __version__
 
@@ -153,10 +154,13 @@ def write_kit(space: Any, n: int, out_dir: str | Path, *, batch: int = 1, seed: 
     if "fp32" not in variants:  # only the quantized files were asked for
         for i in range(len(picks)):
             (tmp / f"m{i:03d}.onnx").unlink(missing_ok=True)
+    ref_file = build_reference_onnx(tmp / "reference.onnx")
+    reference = {"id": REFERENCE_ID, "file": ref_file.name, "sha256": bench_script.sha256_file(str(ref_file)),
+                 "input_shape": list(REFERENCE_INPUT)}
     kit_id = hashlib.sha256(json.dumps([(m["id"], m["sha256"]) for m in models]).encode()).hexdigest()[:16]
     manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "kit_id": kit_id,
                 "created": utc_now(), "fitplan_version": __version__, "space": space.spec(), "batch": batch,
-                "variants": list(variants), "bench": "bench.py", "models": models,
+                "variants": list(variants), "bench": "bench.py", "reference": reference, "models": models,
                 "instructions": "python bench.py --threads 1  (then: fitplan calibrate import results.json "
                                 "--name DEVICE)"}
     atomic_write_text(tmp / "manifest.json", dumps(manifest) + "\n")
@@ -165,7 +169,8 @@ def write_kit(space: Any, n: int, out_dir: str | Path, *, batch: int = 1, seed: 
     (tmp / "README.txt").write_text(
         f"fitplan calibration kit {kit_id}: {len(picks)} subnets of {space.name} ({', '.join(variants)}), batch "
         f"{batch}.\n\nOn the device (needs python3, numpy, onnxruntime):\n    python bench.py --threads 1\n"
-        "It writes results.json here (resumable if interrupted). Then, where fitplan is installed:\n"
+        "It writes results.json here (resumable if interrupted); each model is timed interleaved with "
+        "reference.onnx, which cancels most of a busy device's drift. Then, where fitplan is installed:\n"
         "    fitplan calibrate import results.json --name MY-DEVICE --kind cpu\n")
     if out.exists():
         out.rmdir()
@@ -281,9 +286,13 @@ def import_results(results_path: str | Path, name: str, *, kind: str = "cpu", ma
     where = f"{mach.get('host') or 'device'} ({mach.get('cpu_model', 'unknown CPU')}, " \
             f"{mach.get('logical_cores', '?')} logical cores, onnxruntime {mach.get('onnxruntime', '?')})"
     when = results.get("finished") or results.get("started")
+    anchor = results.get("anchor") if settings.get("anchored") else None
+    estimator = ("blocks alternating with the kit's reference model until the median latency ratio is stable; "
+                 f"reported = ratio x the reference's anchor {anchor['anchor_ms']:.4f} ms ({anchor['method']})"
+                 if isinstance(anchor, dict) and "anchor_ms" in anchor else
+                 "repeats until the median is stable; median of the timed runs")
     how = (f"fitplan calibration kit {manifest['kit_id']} bench.py: {settings.get('provider')}, "
-           f"intra_op_num_threads={settings['threads']}, batch {manifest['batch']}, warm-up then repeats until "
-           f"the median is stable; median of the timed runs")
+           f"intra_op_num_threads={settings['threads']}, batch {manifest['batch']}, warm-up then {estimator}")
     space_name = manifest["space"]["space"]
     datasets = []
     for variant in KIT_VARIANTS:

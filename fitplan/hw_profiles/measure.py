@@ -19,9 +19,12 @@ How one config is measured (:func:`measure_config`):
      when no active unit is above 8 bits, else the config is recorded as not measurable.
      Dynamic int8 quantization is not used: on CPU it is slower than static QDQ for convolutions.
    * any active 4-bit unit -> **not measurable**: onnxruntime's CPU EP has no int4 Conv kernels.
-4. Time with the shared loop of :mod:`fitplan.hw_profiles.bench_script` (warm-up, then repeats until the
-   ~95% CI of the median is within 1% of it, with repeat / time caps) on a session with pinned
-   ``intra_op_num_threads``.
+4. Time with the shared loop of :mod:`fitplan.hw_profiles.bench_script` on a session with pinned
+   ``intra_op_num_threads``: warm-up, then blocks of runs alternating with fitplan's reference model until
+   the ~95% CI of the median per-block latency ratio is within 1% (with block / time caps). The reported
+   latency is ``ratio x anchor``, the anchor being the reference's quiet-machine latency here (cached per
+   machine and thread count, :mod:`fitplan.hw_profiles.reference`): on a shared VM whose speed drifts by
+   10-20 % this cuts the run-to-run spread to a few percent. Raw medians are kept (``raw_median_ms``).
 
 :func:`measure_configs` measures many configs into an append-only JSONL file (one header line, then one
 line per config, flushed and fsynced) and skips configs already in the file, so an interrupted run
@@ -67,6 +70,9 @@ class Measurement:
     p10_ms: float | None = None
     p90_ms: float | None = None
     min_ms: float | None = None
+    raw_median_ms: float | None = None
+    anchor_ms: float | None = None
+    ratio: float | None = None
     count: int = 0
     rel_ci: float | None = None
     stable: bool = False
@@ -194,22 +200,42 @@ def _calib_array(calib_inputs: Any, input_shape: Sequence[int], n_default: int =
 # --------------------------------------------------------------------------- measuring
 def measure_onnx(path: str | os.PathLike, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
                  variant: str = "fp32", provider: str = "CPUExecutionProvider", note: str = "",
-                 **rule: Any) -> Measurement:
-    """Time an ONNX model on a fixed random input of ``(batch, *input_shape)`` with pinned threads."""
+                 anchored: bool = True, **rule: Any) -> Measurement:
+    """Time an ONNX model on a fixed random input of ``(batch, *input_shape)`` with pinned threads.
+
+    ``anchored`` (default): timed interleaved with fitplan's reference model and reported as
+    ``ratio x anchor`` (:mod:`fitplan.hw_profiles.reference`), which removes most of a shared machine's
+    drift; the raw median is kept in ``raw_median_ms``. ``anchored=False``: the plain median.
+    """
     import onnxruntime as ort
 
-    stats = bench_script.time_onnx(str(path), [batch, *input_shape], threads, provider, **rule)
+    reference = None
+    if anchored:
+        from fitplan.hw_profiles.reference import REFERENCE_ID, REFERENCE_INPUT, get_anchor, reference_path
+
+        anchor = get_anchor(threads, provider)
+        reference = (str(reference_path()), REFERENCE_INPUT, anchor["anchor_ms"])
+    stats = bench_script.time_onnx(str(path), [batch, *input_shape], threads, provider, reference=reference, **rule)
     r = stats["rule"]
     method = (f"onnxruntime {ort.__version__} {provider}, intra_op_num_threads={threads}, inter_op=1, "
-              f"sequential, ORT_ENABLE_ALL; batch {batch}; {variant}; fixed random input; "
-              f"{stats['warmup']} warm-up runs (>= {r['warmup_s']} s), then repeats until the ~95% CI of the "
-              f"median is within {r['rel_tol'] * 100:g}% (min {r['min_repeats']}, max {r['max_repeats']} runs, "
-              f"max {r['max_seconds']:g} s)")
+              f"sequential, ORT_ENABLE_ALL; batch {batch}; {variant}; fixed random input; {stats['warmup']} "
+              f"warm-up runs (>= {r['warmup_s']} s)")
+    if anchored:
+        method += (f"; then blocks of runs (>= {r['block_s']:g} s) alternating with the reference model "
+                   f"{REFERENCE_ID} for equal wall time, until the ~95% CI of the median per-block latency ratio "
+                   f"is within {r['rel_tol'] * 100:g}% (min {r['min_blocks']} blocks, max {r['max_seconds']:g} s); "
+                   f"reported = median ratio {stats['ratio']:.4f} x anchor {anchor['anchor_ms']:.4f} ms (the "
+                   f"reference on this machine, {anchor['method']}, {anchor['measured_at']}); raw median "
+                   f"{stats['raw_median_ms']:.4f} ms")
+    else:
+        method += (f", then repeats until the ~95% CI of the median is within {r['rel_tol'] * 100:g}% (min "
+                   f"{r['min_repeats']}, max {r['max_repeats']} runs, max {r['max_seconds']:g} s)")
     if note:
         method += f"; {note}"
     return Measurement(status="ok", variant=variant, median_ms=stats["median_ms"], p10_ms=stats["p10_ms"],
-                       p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], count=stats["count"], rel_ci=stats["rel_ci"],
-                       stable=stats["stable"], method=method,
+                       p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], raw_median_ms=stats.get("raw_median_ms"),
+                       anchor_ms=stats.get("anchor_ms"), ratio=stats.get("ratio"), count=stats["count"],
+                       rel_ci=stats["rel_ci"], stable=stats["stable"], method=method,
                        fingerprint=machine_fingerprint(threads, batch, provider))
 
 
