@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=".npy array [n, C, H, W] of real inputs for int8 calibration (default: synthetic)")
     p.add_argument("--out", default=None,
                    help="JSONL file (default $FITPLAN_HOME/measurements/<device>_<space>.jsonl)")
-    p.add_argument("--max-seconds", type=float, default=None, help="time cap per config (default 15)")
+    p.add_argument("--max-seconds", type=float, default=None, help="time cap of the timed runs per config (default 8)")
     p.add_argument("--rel-tol", type=float, default=None, help="stop when the median's CI is within this "
                                                               "relative half-width (default 0.01)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")

@@ -45,8 +45,8 @@ DEFAULTS: dict[str, float] = {
     "warmup_s": 0.3,         # at least this long of warm-up ...
     "min_warmup": 5,         # ... and at least this many warm-up runs
     "min_repeats": 20,       # never stop before this many timed runs
-    "max_repeats": 3000,     # never time more than this many runs
-    "max_seconds": 15.0,     # time cap for the timed runs of one model
+    "max_repeats": 2000,     # never time more than this many runs
+    "max_seconds": 8.0,      # time cap for the timed runs of one model
     "rel_tol": 0.01,         # stop once the 95% CI half-width of the median is <= 1% of it
 }
 

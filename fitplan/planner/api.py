@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ class PlanRequest:
         engine: ``auto`` (evolve for >= 2000 trials, else optuna), ``optuna`` or ``evolve``.
         top_k: candidates verified on the real runtime (local devices).
         verify: measure candidates (default: when the device is local).
+        latency_margin: headroom kept below a latency budget on the real runtime: a candidate passes
+            verification only if measured <= budget x (1 - margin). It must exceed the harness's
+            run-to-run spread (a few percent, ``benchmarks/measure_noise.py``) so that re-timing the
+            delivered model does not land above the budget.
         supernet_epochs / finetune_epochs: training lengths (0 = skip).
         accuracy_subnets: subnets evaluated to fit the accuracy predictor.
         max_train_steps: cap on steps per training run (quick runs / tests).
@@ -74,6 +78,7 @@ class PlanRequest:
     population: int = 50
     top_k: int = 5
     verify: bool | None = None
+    latency_margin: float = 0.05
     supernet_epochs: int = 3
     finetune_epochs: int = 1
     max_train_steps: int | None = None
@@ -95,6 +100,9 @@ class PlanRequest:
                 raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
         if self.population < 2:
             raise ConfigError("population", "must be >= 2")
+        m = self.latency_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 0.5:
+            raise ConfigError("latency_margin", f"must be a number in [0, 0.5), got {m!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +255,7 @@ def resolve_model(model: Any, options: Mapping[str, Any], data: Any) -> tuple[An
 def _measure_int8_factor(space: Any, supernet: Any, profile: Any, out_dir: Path, quick: bool,
                          batch: int) -> tuple[float | None, str]:
     """Measure fp32 vs all-int8 QDQ latency of the largest subnet here; cached in ``out_dir``."""
-    from fitplan.planner.predict import measure_latency
+    from fitplan.planner.predict import measure_latency, timing_rule
 
     cache = out_dir / "int8_factor.json"
     if cache.is_file():
@@ -256,7 +264,7 @@ def _measure_int8_factor(space: Any, supernet: Any, profile: Any, out_dir: Path,
             return doc["factor"], doc["method"]
     cfg = space.largest()
     threads = int(profile.runtime.threads or 1)
-    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
+    rule = timing_rule(quick)
     fp = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
     q = dict(cfg, bits=[8] * len(cfg["bits"]))
     i8 = measure_latency(space, q, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
@@ -411,17 +419,42 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     chosen = None
     notes = list(ctx.notes)
     chosen_path = out / "chosen.json"
-    previous = json.loads(chosen_path.read_text()) if chosen_path.is_file() else None
-    resumed = next((e for e in entries if previous and e["config"] == previous.get("config")), None)
+    previous = json.loads(chosen_path.read_text()) if chosen_path.is_file() else {}
+    rejected = list(previous.get("rejected", []))
+    if rejected:
+        entries = [e for e in entries if e["config"] not in rejected]
+        notes.append(f"{len(rejected)} candidate(s) rejected by an earlier run (exported model over the latency "
+                     "budget when re-timed) are skipped")
+        if not entries:
+            raise InfeasibleBudgetError("every candidate of the front was rejected by earlier runs; relax the "
+                                        "latency budget or run the search again with more trials")
+    from fitplan.planner.materialize import build_model, save_and_export
+
+    raw_calib = None
+    if ctx.data is not None:
+        from fitplan.data import calibration_batches
+
+        raw_calib = calibration_batches(ctx.data, n_batches=4, seed=req.seed)
+
+    def calib_for(c: Mapping[str, Any]) -> Any:
+        if raw_calib is None:
+            return None
+        from fitplan.data import resize_for_shape
+
+        return [resize_for_shape(b, ctx.space.input_shape(c)) for b in raw_calib]
+
+    resumed = next((e for e in entries if previous.get("config") is not None and e["config"] == previous["config"]),
+                   None)
     if resumed is not None:  # a re-run (e.g. after a crash in fine-tuning) keeps the choice and its checkpoints
         resumed["measured"] = previous.get("measured", {})
         chosen = resumed
         notes.append("resumed: the candidate chosen by an earlier run of finish() (chosen.json) is kept")
     elif verify and "latency_ms" in problem.limits:
         try:
-            chosen = _verify(ctx, entries, notes)
+            ranked = _verify(ctx, entries, notes)
         except InfeasibleBudgetError as first_error:
-            chosen = _reverify_tightened(ctx, entries, notes, first_error)
+            ranked = _reverify_tightened(ctx, entries, notes, first_error)
+        chosen = _gate_exported(ctx, ranked, calib_for, notes)
     elif verify:
         chosen = entries[0]
     else:
@@ -432,17 +465,10 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     cfg = chosen["config"]
     from fitplan.jsonio import atomic_write_text, dumps
 
-    atomic_write_text(chosen_path, dumps({"config": cfg, "measured": chosen["measured"]}))
+    atomic_write_text(chosen_path, dumps({"config": cfg, "measured": chosen["measured"], "rejected": rejected}))
 
     # ---- materialise, fine-tune, export
-    from fitplan.planner.materialize import build_model, save_and_export
-
-    calib = None
-    if ctx.data is not None:
-        from fitplan.data import calibration_batches, resize_for_shape
-
-        raw_calib = calibration_batches(ctx.data, n_batches=4, seed=req.seed)
-        calib = [resize_for_shape(b, ctx.space.input_shape(cfg)) for b in raw_calib]
+    calib = calib_for(cfg)
     model = build_model(ctx.space, ctx.supernet, cfg, calib)
     measured: dict[str, Any] = {}
     finetune_info: dict[str, Any] = {}
@@ -473,22 +499,33 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     artifacts, checks = save_and_export(model, ctx.space, cfg, out, check_x, batch=ctx.budget.batch_size)
     if "latency_ms" in chosen["measured"]:
         measured["latency_ms"] = chosen["measured"]["latency_ms"]
+    lim = problem.limits.get("latency_ms")
     if verify:
         art = artifacts.get("model_int8_onnx") or artifacts["model_onnx"]
-        measured["latency_ms_exported"] = _measure_artifact(ctx, art, shape)
+        final = _measure_artifact(ctx, art, shape)
+        if lim is not None and final["value"] > lim:  # one re-timing can be unlucky: take the median of three
+            runs = sorted([final, *(_measure_artifact(ctx, art, shape) for _ in range(2))], key=lambda m: m["value"])
+            values = ", ".join(f"{m['value']:.4f}" for m in runs)
+            final = dict(runs[1], method=f"median of 3 independent measurements ({values} ms); {runs[1]['method']}")
+        measured["latency_ms_exported"] = final
         if "latency_ms" not in measured:
-            measured["latency_ms"] = measured["latency_ms_exported"]
+            measured["latency_ms"] = final
+        if lim is not None and final["value"] > lim:
+            gate_v = chosen["measured"].get("latency_ms_exported_gate", {}).get("value", float("nan"))
+            rejected.append(cfg)
+            atomic_write_text(chosen_path, dumps({"rejected": rejected}))
+            import shutil
+
+            shutil.rmtree(out / "finetune_ckpt", ignore_errors=True)
+            raise InfeasibleBudgetError(
+                f"the fine-tuned model {art} measured {final['value']:.3f} ms > latency budget {lim:g} ms on this "
+                f"machine (before fine-tuning: {gate_v:.3f} ms): no plan is returned for it. It is recorded as rejected in chosen.json; "
+                "run finish() again to materialise the next candidate, or raise latency_margin")
     checks["budget_met_predicted"] = _feasible_predicted(problem, chosen["predicted"])
-    if "latency_ms" in measured and "latency_ms" in problem.limits:
-        lim = problem.limits["latency_ms"]
+    if "latency_ms" in measured and lim is not None:
         checks["budget_met_measured_latency"] = bool(measured["latency_ms"]["value"] <= lim)
-        exp_v = measured.get("latency_ms_exported", {}).get("value")
-        if exp_v is not None:
-            checks["budget_met_measured_exported"] = bool(exp_v <= lim)
-            if exp_v > lim:
-                notes.append(f"the exported artifact measured {exp_v:.3f} ms > budget {lim:g} ms (the verified "
-                             f"candidate measured {measured['latency_ms']['value']:.3f} ms): timing noise or the "
-                             "exported QDQ graph differs from the measurement graph; re-run verification")
+        if "latency_ms_exported" in measured:
+            checks["budget_met_measured_exported"] = bool(measured["latency_ms_exported"]["value"] <= lim)
     plan = Plan(
         space=ctx.space.spec(),
         device={"name": ctx.profile.name, "kind": ctx.profile.kind, "runtime": ctx.profile.runtime.to_dict(),
@@ -525,16 +562,18 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-    """Measure candidates best-first until ``top_k`` pass the latency budget; pick the most accurate
-    measured-feasible one (ties: lower measured latency). Never returns a measured violation."""
+def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """Measure candidates best-first until ``top_k`` pass the latency budget with ``latency_margin`` of
+    headroom; return those, most accurate first (ties: lower measured latency). Never returns a measured
+    violation."""
     from tqdm.auto import tqdm
 
-    from fitplan.planner.predict import measure_latency
+    from fitplan.planner.predict import measure_latency, timing_rule
 
     req = ctx.request
     limit = ctx.problem.limits["latency_ms"]
-    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if req.quick else {"max_seconds": 3.0}
+    accept = limit * (1.0 - req.latency_margin)
+    rule = timing_rule(req.quick)
     threads = int(ctx.profile.runtime.threads or 1)
     passed: list[dict[str, Any]] = []
     max_measure = max(3 * req.top_k, req.top_k + 5)
@@ -545,7 +584,7 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
         e["measured"]["latency_ms"] = m
         if m.get("value") is None:
             continue
-        if m["value"] <= limit:
+        if m["value"] <= accept:
             passed.append(e)
         if len(passed) >= req.top_k:
             break
@@ -554,22 +593,50 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
         best = min((e for e in entries if (e["measured"].get("latency_ms") or {}).get("value") is not None),
                    key=lambda e: e["measured"]["latency_ms"]["value"], default=None)
         msg = (f"measured latency of the {n_meas} best predicted-feasible candidates all exceed the budget "
-               f"{limit:g} ms")
+               f"{limit:g} ms less the {req.latency_margin:.0%} noise margin ({accept:.4g} ms)")
         if best is not None:
             msg += f" (lowest measured: {best['measured']['latency_ms']['value']:.3f} ms, predicted " \
                    f"{best['predicted']['latency_ms']:.3f} ms)"
         raise InfeasibleBudgetError(msg + "; the predictor is optimistic for this device: relax the budget")
     passed.sort(key=lambda e: (-round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]))
     n_bad = sum(1 for e in entries if (e["measured"].get("latency_ms") or {}).get("value") is not None
-                and e["measured"]["latency_ms"]["value"] > limit)
+                and e["measured"]["latency_ms"]["value"] > accept)
     if n_bad:
-        notes.append(f"verify: {n_bad} of {n_meas} measured candidates broke the latency budget on the real "
-                     "runtime and were skipped")
-    return passed[0]
+        notes.append(f"verify: {n_bad} of {n_meas} measured candidates were above the latency budget less the "
+                     f"{req.latency_margin:.0%} noise margin on the real runtime and were skipped")
+    return passed
+
+
+def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
+                   notes: list[str]) -> dict[str, Any]:
+    """Export each verified candidate as the user will get it (before fine-tuning, which does not change the
+    graph) and time that ONNX file; choose the first whose artifact meets the latency budget. This catches
+    differences between the measurement graph and the delivered one (e.g. the exported QDQ int8 graph)."""
+    import tempfile
+
+    from fitplan.planner.materialize import build_model, save_and_export
+
+    limit = ctx.problem.limits["latency_ms"]
+    for e in ranked:
+        cfg = e["config"]
+        shape = ctx.space.input_shape(cfg)
+        calib = calib_for(cfg)
+        check_x = calib[0][:4] if calib else torch.randn(2, *shape)
+        with tempfile.TemporaryDirectory(prefix="gate-", dir=ctx.out_dir) as tmp:
+            arts, _ = save_and_export(build_model(ctx.space, ctx.supernet, cfg, calib), ctx.space, cfg, Path(tmp),
+                                      check_x, batch=ctx.budget.batch_size)
+            m = _measure_artifact(ctx, arts.get("model_int8_onnx") or arts["model_onnx"], shape)
+        e["measured"]["latency_ms_exported_gate"] = dict(m, method=m["method"] + " (exported before fine-tuning)")
+        if m["value"] <= limit:
+            return e
+        notes.append(f"gate: a verified candidate's exported model measured {m['value']:.3f} ms > budget "
+                     f"{limit:g} ms (verified at {e['measured']['latency_ms']['value']:.3f} ms) and was skipped")
+    raise InfeasibleBudgetError(f"none of the {len(ranked)} verified candidates met the latency budget {limit:g} ms "
+                                "once exported; relax the budget or raise latency_margin")
 
 
 def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str],
-                        error: InfeasibleBudgetError, rounds: int = 2) -> dict[str, Any]:
+                        error: InfeasibleBudgetError, rounds: int = 2) -> list[dict[str, Any]]:
     """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here:
     tighten the *predicted* latency limit by the worst measured/predicted ratio seen, search again (a
     vectorised NSGA-II run, not written to the shared study, whose constraints keep the true budget) and
@@ -593,7 +660,7 @@ def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: 
         new = [e for e in new if _feasible_predicted(ctx.problem, e["predicted"])]
         new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
         try:
-            chosen = _verify(ctx, new, notes)
+            ranked = _verify(ctx, new, notes)
         except InfeasibleBudgetError:
             measured = [e for e in new if (e["measured"].get("latency_ms") or {}).get("value")] or measured
             continue
@@ -602,15 +669,17 @@ def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: 
                      f"and verified against the real budget {limit:g} ms")
         entries.extend(new)
         entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
-        return chosen
+        return ranked
     raise error
 
 
 def _measure_artifact(ctx: PlanContext, path: str, shape: Any) -> dict[str, Any]:
     """Time the exported deliverable itself on this machine (the ONNX file the user will run)."""
-    threads = int(ctx.profile.runtime.threads or 1)
-    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if ctx.request.quick else {"max_seconds": 3.0}
     from fitplan.hw_profiles.measure import measure_onnx
+    from fitplan.planner.predict import timing_rule
+
+    threads = int(ctx.profile.runtime.threads or 1)
+    rule = timing_rule(ctx.request.quick)
 
     m = measure_onnx(path, shape, threads=threads, batch=ctx.budget.batch_size,
                      variant="int8-qdq" if "int8" in Path(path).name else "fp32",

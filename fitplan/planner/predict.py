@@ -83,7 +83,7 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
 
     supernet = space.build_supernet()
     threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
-    rule = {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
+    rule = timing_rule(quick)
 
     def measure(cfg: Config) -> dict[str, Any] | None:
         m = measure_latency(space, cfg, profile, supernet=supernet, batch=batch, threads=threads, rule=rule)
@@ -97,6 +97,12 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
     model = CostModelPredictor.fit(space, [{"config": s["config"], "latency_ms": s["latency_ms"]} for s in samples],
                                    device=str(getattr(profile, "name", profile)))
     return model, samples, method
+
+
+def timing_rule(quick: bool) -> dict[str, Any]:
+    """The planner's stopping rule for one measurement: short for tests / ``--quick`` runs, else capped at 3 s
+    of timed runs (interleaved with the reference model, see :mod:`fitplan.hw_profiles.reference`)."""
+    return {"max_seconds": 0.5, "warmup_s": 0.05, "min_repeats": 10} if quick else {"max_seconds": 3.0}
 
 
 def measure_latency(space: Any, config: Config, profile: Any, *, supernet: Any = None, batch: int = 1,

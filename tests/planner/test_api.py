@@ -128,3 +128,74 @@ def test_verify_skips_budget_breakers_and_retightens(tmp_path, fake_latency, mon
     assert p.measured["latency_ms"]["value"] <= 0.06
     assert any("tightened" in n for n in p.notes)
     assert p.predicted["latency_ms"] <= 0.03 + 1e-9
+
+
+def _local_stage(tmp_path, monkeypatch, artifact_ms, **kw):
+    """Stage API on the tiny space with a fake local runtime: candidates measure at their analytic latency,
+    exported files at ``artifact_ms(call_index)``."""
+    import fitplan.planner.api as api
+    import fitplan.planner.predict as P
+    from _spaces import analytic_latency
+
+    def fake_measure(space, config, profile, **k):
+        v = float(analytic_latency(space)([space.validate(config)])[0])
+        return {"value": v, "status": "ok", "method": "measured: fake runtime (test)"}
+
+    calls = []
+
+    def fake_artifact(ctx, path, shape):
+        calls.append(path)
+        return {"value": artifact_ms(len(calls) - 1), "method": "measured: fake artifact timing (test)"}
+
+    monkeypatch.setattr(P, "measure_latency", fake_measure)
+    monkeypatch.setattr(api, "_measure_int8_factor", lambda *a, **k: (None, "skipped in test"))
+    monkeypatch.setattr(api, "_measure_artifact", fake_artifact)
+    req = PlanRequest("planner_tiny", make_fake_profile(local=True), {"latency_ms": 0.06}, out_dir=str(tmp_path),
+                      engine="optuna", **{**FAST, "top_k": 3, **kw})
+    ctx = prepare(req)
+    storage = optuna.storages.InMemoryStorage()
+    run_search(ctx, storage, "s", 100)
+    return ctx, optuna.load_study(study_name="s", storage=storage), calls
+
+
+def test_verify_keeps_latency_margin(tmp_path, fake_latency, monkeypatch):
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.0, latency_margin=0.2)
+    p = finish(ctx, study)
+    assert p.measured["latency_ms"]["value"] <= 0.06 * 0.8 + 1e-12
+
+
+def test_gate_skips_candidate_whose_export_breaks_budget(tmp_path, fake_latency, monkeypatch):
+    """The first verified candidate's exported file measures over budget: the next one is chosen."""
+    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 1.0 if i == 0 else 0.01)
+    p = finish(ctx, study)
+    assert len(calls) == 3  # gate: rejected + accepted, then the final fine-tuned file
+    assert any(n.startswith("gate:") for n in p.notes)
+    assert p.measured["latency_ms_exported"]["value"] <= 0.06 and p.checks["budget_met_measured_exported"]
+    gated = [e for e in p.pareto if "latency_ms_exported_gate" in e["measured"]]
+    assert len(gated) == 2 and gated[0]["measured"]["latency_ms_exported_gate"]["value"] == 1.0
+
+
+def test_final_retiming_over_budget_returns_no_plan_and_next_run_moves_on(tmp_path, fake_latency, monkeypatch):
+    # gate passes (call 0), the fine-tuned file then measures over budget three times (calls 1-3)
+    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.01 if i == 0 else 0.5)
+    with pytest.raises(InfeasibleBudgetError, match="no plan is returned"):
+        finish(ctx, study)
+    assert len(calls) == 4
+    doc = json.loads((tmp_path / "chosen.json").read_text())
+    assert len(doc["rejected"]) == 1 and "config" not in doc
+    first = doc["rejected"][0]
+    calls.clear()
+    import fitplan.planner.api as api
+
+    monkeypatch.setattr(api, "_measure_artifact", lambda ctx, path, shape: {"value": 0.01, "method": "test"})
+    p = finish(ctx, study)
+    assert p.config != first and p.checks["budget_met_measured_exported"]
+    assert any("rejected by an earlier run" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.5, "x", True])
+def test_bad_latency_margin_names_field(bad):
+    from fitplan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="latency_margin"):
+        PlanRequest("planner_tiny", "local", {"latency_ms": 1.0}, latency_margin=bad).validate()
