@@ -194,7 +194,10 @@ def test_kill9_mid_search_resumes_on_other_worker(storage: str, tmp_path: Path) 
     study = study_of(storage, job)
     check_exact(study, target)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert failed and all(_pid_of(t.system_attrs[WORKER_ATTR]) == victim.pid for t in failed)
+    # failed trials are the victim's: tagged with it, or untagged when it died between creating a trial and
+    # tagging it (the reaper's fallback covers that case, see fitplan.jobs.worker._reap)
+    assert failed and all(WORKER_ATTR not in t.system_attrs or _pid_of(t.system_attrs[WORKER_ATTR]) == victim.pid
+                          for t in failed)
     # every trial the dead worker left RUNNING was retried once, and the retry completed
     retried_ok = {t.system_attrs["failed_trial"] for t in study.trials
                   if t.state == TrialState.COMPLETE and "failed_trial" in t.system_attrs}
