@@ -8,8 +8,8 @@ on the same N samples and scored on every other config of the file, for all conf
 
 ``meta``      the shipped meta-trained prior adapted (``LatencyPredictor.adapt``: fp32 samples -> cost table,
               compressed samples -> per-effect speed-ups);
-``analytic``  ``CostModelPredictor`` (per-unit MACs / activations / launches per compression class, from
-              ``space.unit_costs`` only; :mod:`fitplan.predictors.analytic`);
+``analytic``  ``CostModelPredictor`` (per-unit dense MACs / depthwise MACs / activations / launches per
+              compression class, from ``space.unit_costs`` only; :mod:`fitplan.predictors.analytic`);
 ``auto``      ``calibrate_predictor(method="auto")``: meta or analytic, by cross-validated error on the N
               samples (what ``fitplan calibrate fit`` stores);
 ``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].
@@ -18,7 +18,11 @@ The dataset's own measurement noise bounds every row: ``--noise`` prints a model
 int8/fp32 latency ratio of the same architecture, which no per-arch model can explain, and an in-sample fit
 on all configs).
 
+``--data FILE.jsonl`` reads a ``fitplan measure`` output file directly instead of the profile's dataset
+(records with status ``ok``; latency = their ``median_ms``; the space from the file's header).
+
     python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40] [--models meta analytic auto macs-lsq]
+                                         [--data FILE.jsonl]
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="local-cpu-1t")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--noise", action="store_true", help="also print the dataset's noise floor")
+    ap.add_argument("--data", default=None, metavar="FILE.jsonl",
+                    help="a measurements JSONL file (`fitplan measure` output) instead of the profile's dataset")
     args = ap.parse_args(argv)
 
     from fitplan.hw_profiles import get_profile
@@ -46,21 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     from fitplan.predictors.fewshot import metrics
     from fitplan.search_spaces import create_space
 
-    data = profile_samples(get_profile(args.profile), "ofa_mbv3")
-    if data is None or len(data) < max(args.n) + 20:
-        print(f"no (or too small) measured ofa_mbv3 dataset for {args.profile}; measure one with "
+    if args.data is not None:
+        loaded = read_jsonl(args.data)
+        if loaded is None:
+            return 1
+        space, configs, y, provenance = loaded
+    else:
+        data = profile_samples(get_profile(args.profile), "ofa_mbv3")
+        space = create_space("ofa_mbv3")
+        configs, y, provenance = ([], np.zeros(0), "") if data is None else (
+            data.configs, np.asarray(data.latency_ms, dtype=float), data.provenance)
+    if len(y) < max(args.n) + 20:
+        print(f"no (or too small) measured ofa_mbv3 dataset for {args.data or args.profile}; measure one with "
               "`fitplan measure --space ofa_mbv3 --n 300 --device local-cpu-1t --out "
               "fitplan/hw_profiles/data/local_cpu_1t_ofa_mbv3.jsonl`", file=sys.stderr)
         return 1
-    space = create_space("ofa_mbv3")
-    configs, y = data.configs, np.asarray(data.latency_ms, dtype=float)
     variant = np.array(["fp32" if all(b == 32 for b in c["bits"]) else
                         "int8" if all(b == 8 for b in c["bits"]) else "mixed" for c in configs])
     macs = np.array([space.costs(c)["macs"] for c in configs]) / 1e6
     share8 = np.array([np.mean([b == 8 for b in c["bits"]]) for c in configs])
     prior = LatencyPredictor.for_space("ofa_mbv3")
-    print(f"{args.profile}: {len(y)} measured ofa_mbv3 configs ({', '.join(f'{(variant == v).sum()} {v}' for v in ('fp32', 'int8', 'mixed'))}); "
-          f"{data.provenance[:100]}")
+    print(f"{args.data or args.profile}: {len(y)} measured ofa_mbv3 configs ({', '.join(f'{(variant == v).sum()} {v}' for v in ('fp32', 'int8', 'mixed'))}); "
+          f"{provenance[:100]}")
     print("calibration draws: a third each of fp32 / int8 / mixed configs; scored on all other configs")
     print(f"{'N':>4} {'model':<10} {'subset':<7} {'Spearman':>9} {'Kendall':>8} {'MAPE %':>7} {'±10 %':>6}")
     rng = np.random.default_rng(0)
@@ -104,6 +117,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise:
         noise_floor(space, configs, y, variant)
     return 0
+
+
+def read_jsonl(path: str):
+    """``(space, configs, latency_ms, provenance)`` of the ``status == "ok"`` records of a measurements file
+    (latency = ``median_ms``; configs validated against the space of the file's header), ``None`` (with a
+    message) when the file has no usable records."""
+    from fitplan.hw_profiles.measure import read_measurements
+    from fitplan.search_spaces import create_space
+
+    header, records = read_measurements(path)
+    if header is None:
+        print(f"{path}: missing or empty measurements file", file=sys.stderr)
+        return None
+    space = create_space(header.get("space") or "ofa_mbv3")
+    if space.name != "ofa_mbv3":
+        print(f"{path}: space {space.name!r}; this benchmark is for ofa_mbv3", file=sys.stderr)
+        return None
+    ok = [r for r in records if r.get("status") == "ok" and r.get("median_ms")]
+    configs = [space.validate(r["config"]) for r in ok]
+    y = np.array([float(r["median_ms"]) for r in ok])
+    prov = (f"{path}: {len(ok)} ok of {len(records)} records, profile {header.get('profile')}, "
+            f"created {header.get('created')}")
+    return space, configs, y, prov
 
 
 def noise_floor(space, configs, y, variant) -> None:

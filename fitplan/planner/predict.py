@@ -181,8 +181,8 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
         cache = out_dir / "latency_calibration.json" if out_dir is not None else None
         model, samples, method = fit_local_latency(space, profile, n=8 if quick else 16, seed=seed, cache=cache,
                                                    batch=batch, quick=quick)
-        desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on MACs/activations/launches) "
-                f"fitted to {len(samples)} configs measured here ({method[:120]})")
+        desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on dense/depthwise MACs, "
+                f"activations, launches) fitted to {len(samples)} configs measured here ({method[:120]})")
         predict = lambda configs: model.predict(list(configs), unknown="fp32", validate=False)  # noqa: E731
         return predict, desc, model.models_compression, effects_to_speedups(model.effects)
     raise ConfigError("device", f"no latency predictor for space {space.name!r} on device "

@@ -9,26 +9,40 @@ one fit (on ONNX Runtime CPUs static int8 QDQ can be *slower* than fp32; nothing
 
 Model. Every unit ``u`` of a config falls in a *class* -- ``"fp32"`` (32 bits, dense) or the compression it
 uses, e.g. ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=0.5:unstructured"`` -- and costs
-``z_u · w_class`` with the per-unit features ``z_u = [MACs/1e6, output activation elements/1e5, 1 launch]``
-(the launch is counted for active units that do work). The latency is::
+``z_u · w_class`` with the per-unit features ``z_u = [dense MACs/1e6, depthwise MACs/1e6, output activation
+elements/1e5, 1 launch]`` (:data:`UNIT_FEATURES`; depthwise MACs are :attr:`UnitCost.dw_macs
+<fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the rest of ``macs``; the launch is counted for
+active units that do work). The latency is::
 
     ms(cfg) = b + Σ_u z_u · w_class(u),      b >= 0, w >= 0
+
+Depthwise MACs are a feature of their own because they run at a very different speed per MAC than dense /
+pointwise ones (low arithmetic intensity), and differently again in int8: on this machine's ONNX Runtime
+(1 thread) an fp32 depthwise MAC costs ~1.5x a dense one, an int8 depthwise MAC ~5x an int8 dense one, so
+the int8/fp32 latency ratio of an MBConv net grows with its kernel sizes and resolution. Spaces without
+depthwise convs have a zero column (its coefficient stays at its tie).
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
 
 1. *Tied* model: each compressed class costs a scalar multiple of fp32, ``w_c = s_c · v`` (one factor per
-   class, found by a log-grid line search, coordinate-wise); the activation coefficient is shrunk toward 0
-   (``lam_act``), so with few samples the model is MACs + launches.
+   class, found by a log-grid line search, coordinate-wise) -- except its depthwise-MAC coefficient, which
+   is fitted on its own and only shrunk toward ``s_c · v_dw`` (``lam_dw_class``, weak: compression changes
+   depthwise speed most). The activation coefficient is shrunk toward 0 (``lam_act``) and the fp32
+   depthwise-MAC coefficient toward the dense one (``lam_dw``), so with few samples the model is MACs +
+   launches, with depthwise MACs priced apart only as far as the data ask for it.
 2. *Free* model: every class gets its own coefficients, shrunk toward the tied solution (``lam_dev`` for the
-   compressed classes, ``lam_act`` for the fp32 activation term). With few compressed samples the fit stays
-   at "compressed = s x fp32 per unit"; with many, per-unit int8 MAC and activation/launch costs separate.
+   compressed classes, ``lam_act`` / ``lam_dw`` for the fp32 activation / depthwise terms). With few
+   compressed samples the fit stays at "compressed = s x fp32 per unit (depthwise apart)"; with many,
+   per-unit int8 MAC and activation/launch costs separate.
 3. Both stages are repeated with Huber weights on the relative residuals (IRLS), so one noisy measurement
    (a run disturbed by another process) does not pull the whole fit.
 
 Penalties are in units of the relative prediction change (columns scaled by their RMS over the samples).
 The defaults (:class:`CostModelHyper`) were chosen with ``benchmarks/predictor_local.py`` on this machine's
-measured ofa_mbv3 dataset; differences between nearby settings were within the draw-to-draw noise.
+measured ofa_mbv3 datasets (the shipped one and a less noisy re-measurement, ``--data``); differences
+between nearby settings were within the draw-to-draw noise. Splitting depthwise from dense MACs raised the
+share of int8 / mixed predictions within ±10 % by ~5 points at N = 10-40 (fp32 unchanged).
 
 Unknown effects. A class that no calibration sample contains (e.g. ``bits=8`` when only fp32 configs were
 measured) has no data: :meth:`~CostModelPredictor.predict` raises :class:`~fitplan.errors.ConfigError`
@@ -38,7 +52,8 @@ effect in :meth:`~CostModelPredictor.predict_with_flags` (``unknown="fp32"``) --
 
 State: :meth:`~CostModelPredictor.state_dict` is plain JSON (format ``fitplan.analytic_latency``, version
 :data:`ANALYTIC_FORMAT_VERSION`), storable under ``profile.predictors[space]`` or in a file with
-:meth:`~CostModelPredictor.save`.
+:meth:`~CostModelPredictor.save`. Version 2 has the four features above; a version-1 state (three features,
+one MAC column) is refused with a :class:`~fitplan.errors.ConfigError` asking to recalibrate.
 """
 from __future__ import annotations
 
@@ -56,15 +71,17 @@ from fitplan.errors import ConfigError, UnknownNameError
 from fitplan.jsonio import check_finite, load_versioned, save_versioned
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
-ANALYTIC_FORMAT_VERSION = 1
+ANALYTIC_FORMAT_VERSION = 2
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
-UNIT_FEATURES = ("macs_1e6", "act_elems_1e5", "launches")
-_FEATURE_SCALE = np.array([1e6, 1e5, 1.0])
+UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches")
+_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0])
 #: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
 BASE_CLASS = "fp32"
 #: fewest distinct calibration configs accepted.
 MIN_SAMPLES = 3
 _ACT = UNIT_FEATURES.index("act_elems_1e5")
+_DENSE = UNIT_FEATURES.index("dense_macs_1e6")
+_DW = UNIT_FEATURES.index("dw_macs_1e6")
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,11 @@ class CostModelHyper:
         lam_dev: shrinkage of a compressed class's coefficients toward ``s_c`` x the fp32 ones.
         lam_act: shrinkage of the activation-traffic coefficient (toward 0 in the tied stage, toward the tied
             value in the free stage).
+        lam_dw: shrinkage of the fp32 depthwise-MAC coefficient toward the dense-MAC one in the tied stage,
+            and toward its tied value in the free stage (large: one MAC coefficient, as if depthwise and
+            dense MACs cost the same).
+        lam_dw_class: shrinkage of a compressed class's depthwise-MAC coefficient toward ``s_c`` x the fp32
+            one in the tied stage.
         huber: Huber threshold in robust standard deviations of the relative residuals (0: plain least squares).
         irls_iters: reweighting rounds when ``huber > 0``.
         factor_min, factor_max, factor_grid: log-grid of the per-class factor ``s_c`` (refined to ~1 %).
@@ -82,6 +104,8 @@ class CostModelHyper:
 
     lam_dev: float = 3.0
     lam_act: float = 1.0
+    lam_dw: float = 1.0
+    lam_dw_class: float = 0.01
     huber: float = 1.5
     irls_iters: int = 5
     factor_min: float = 0.05
@@ -159,9 +183,10 @@ class UnitFeaturizer:
         z = self._cache.get(key)
         if z is None:
             units = self.space.unit_costs(cfg)
-            z = np.array([[u.macs, u.act_elems, 1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0]
+            z = np.array([[u.macs - u.dw_macs, u.dw_macs, u.act_elems,
+                           1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0]
                           for u in units], dtype=np.float64).reshape(len(units), len(UNIT_FEATURES))
-            z[:, :2] /= _FEATURE_SCALE[:2]
+            z /= _FEATURE_SCALE
             self._cache[key] = z
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -216,18 +241,31 @@ class UnitFeaturizer:
 
 
 def _nnls_rel(x: np.ndarray, y: np.ndarray, wts: np.ndarray, lam: np.ndarray, ref: np.ndarray,
-              scale: np.ndarray) -> tuple[np.ndarray, float]:
-    """``min Σ wts_i² (x_i·w / y_i - 1)² + Σ_k lam_k scale_k² (w_k - ref_k)²``, ``w >= 0``; returns (w, loss)."""
+              scale: np.ndarray, ties: Sequence[tuple[int, int, float, float]] = ()) -> tuple[np.ndarray, float]:
+    """``min Σ wts_i² (x_i·w / y_i - 1)² + Σ_k lam_k scale_k² (w_k - ref_k)² + Σ_(a,b,l,m) l scale_a² (w_a - m w_b)²``,
+    ``w >= 0``; returns (w, loss). ``ties`` pull coefficient ``a`` toward ``m`` times coefficient ``b``."""
     from scipy.optimize import nnls
 
     a = x / y[:, None] * wts[:, None]
     b = wts.astype(np.float64).copy()
     pen = lam > 0
+    rows, rhs = [], []
     if pen.any():
         d = np.zeros((int(pen.sum()), x.shape[1]))
         d[np.arange(d.shape[0]), np.flatnonzero(pen)] = np.sqrt(lam[pen]) * scale[pen]
-        a = np.vstack([a, d])
-        b = np.concatenate([b, d @ ref])
+        rows.append(d)
+        rhs.append(d @ ref)
+    ties = [t for t in ties if t[2] > 0]
+    if ties:
+        d = np.zeros((len(ties), x.shape[1]))
+        for r, (ka, kb, lt, mult) in enumerate(ties):
+            d[r, ka] = math.sqrt(lt) * scale[ka]
+            d[r, kb] = -math.sqrt(lt) * scale[ka] * mult
+        rows.append(d)
+        rhs.append(np.zeros(len(ties)))
+    if rows:
+        a = np.vstack([a] + rows)
+        b = np.concatenate([b] + rhs)
     try:
         w, _ = nnls(a, b, maxiter=50 * x.shape[1])
     except RuntimeError:  # iteration limit on an ill-conditioned system: bounded least squares instead
@@ -257,11 +295,17 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
+    lam_t = np.concatenate([lam_t, np.zeros(len(comp))])
 
     def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
-        xr = np.column_stack([x[:, 0], blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)])
+        # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column]
+        merged = blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)
+        merged[:, _DW] = blocks[base][:, _DW]
+        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp])
         sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
-        return _nnls_rel(xr, y, wts, lam_t, np.zeros(1 + j), sc)
+        ties = [(1 + _DW, 1 + _DENSE, h.lam_dw, 1.0)] + [(1 + j + i, 1 + _DW, h.lam_dw_class, fac[k])
+                                                         for i, k in enumerate(comp)]
+        return _nnls_rel(xr, y, wts, lam_t, np.zeros(xr.shape[1]), sc, ties)
 
     for _ in range(2 if len(comp) > 1 else 1):  # coordinate search over the class factors
         for k in comp:
@@ -270,7 +314,8 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
             fine = best * np.exp(np.linspace(-step, step, 11))
             fvals = [tied({**factors, k: s})[1] for s in fine]
             factors[k] = float(fine[int(np.argmin(fvals))])
-    v, _ = tied(factors)
+    vt, _ = tied(factors)
+    v = vt[:1 + j]
     ref = np.zeros(x.shape[1])
     ref[0] = v[0]
     lam = np.zeros(x.shape[1])
@@ -279,13 +324,21 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
         if k == base:
             ref[sl] = v[1:]
             lam[1 + j * k + _ACT] = h.lam_act
+            lam[1 + j * k + _DW] = h.lam_dw
         else:
             ref[sl] = factors[k] * v[1:]
+            ref[1 + j * k + _DW] = vt[1 + j + comp.index(k)]
             lam[sl] = h.lam_dev
     scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
     w, _ = _nnls_rel(x, y, wts, lam, ref, scale)
     coef = {c: w[1 + j * k:1 + j * (k + 1)].copy() for k, c in enumerate(classes)}
-    return _Fit(float(w[0]), coef, {classes[k]: factors[k] for k in comp})
+    # reported factor: what the class's units of the samples cost relative to fp32 (with depthwise MACs priced
+    # apart, the tied s_c alone would understate a class whose depthwise convs are the slow part)
+    eff = {}
+    for k in comp:
+        num, den = float(np.sum(blocks[k] @ coef[classes[k]])), float(np.sum(blocks[k] @ coef[BASE_CLASS]))
+        eff[classes[k]] = num / den if num > 0 and den > 0 else factors[k]
+    return _Fit(float(w[0]), coef, eff)
 
 
 def fit_cost_model(x: np.ndarray, y: np.ndarray, classes: Sequence[str], h: CostModelHyper) -> _Fit:
@@ -376,8 +429,9 @@ class CostModelPredictor:
         space: the search space (a :class:`~fitplan.search_spaces.base.SearchSpace`).
         intercept_ms: fixed per-inference cost ``b``.
         coef: per class, the ``len(UNIT_FEATURES)`` non-negative per-unit coefficients (ms per feature unit).
-        factors: per compressed class, the tied-stage factor ``s_c`` (a compressed unit costs about ``s_c``
-            times its fp32 cost; ``s_c > 1`` means compression is *slower* on this device).
+        factors: per compressed class, its cost factor ``s_c``: the class's units in the calibration samples
+            cost ``s_c`` times what they would cost in fp32 (fitted coefficients; ``s_c > 1`` means compression
+            is *slower* on this device). Informational: predictions use ``coef``.
         device: device name (free text).
         n_samples: distinct calibration configs used.
         hyper: fit settings.
@@ -426,8 +480,9 @@ class CostModelPredictor:
         fit = fit_cost_model(x, y, classes, h)
         w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
         ape = np.abs(x @ w - y) / y
-        prov = {"method": "analytic per-unit cost model (MACs, activation elements, launches per compression "
-                          "class; intercept), relative-error NNLS tied to fp32 then shrunk, Huber IRLS",
+        prov = {"method": "analytic per-unit cost model (dense MACs, depthwise MACs, activation elements, "
+                          "launches per compression class; intercept), relative-error NNLS tied to fp32 then "
+                          "shrunk, Huber IRLS",
                 "space": space.spec(), "n_samples": len(configs), "merged_repeats": merged,
                 "samples_per_class": dict(sorted(counts.items())),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
@@ -506,7 +561,9 @@ class CostModelPredictor:
         if not isinstance(state, Mapping) or state.get("format") != ANALYTIC_FORMAT:
             raise ConfigError("format", "not a fitplan analytic latency-predictor state", [ANALYTIC_FORMAT])
         if state.get("format_version") != ANALYTIC_FORMAT_VERSION:
-            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r}",
+            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r} (version "
+                                                f"{ANALYTIC_FORMAT_VERSION} prices depthwise and dense MACs apart; "
+                                                "recalibrate)",
                               [ANALYTIC_FORMAT_VERSION])
         if list(state.get("unit_features") or []) != list(UNIT_FEATURES):
             raise ConfigError("unit_features", f"state was made with features {state.get('unit_features')!r}; "

@@ -68,7 +68,11 @@ class UnitCost:
     """Analytic cost of one compression unit for one config (zeros when the unit is inactive).
 
     ``macs`` multiply-accumulates for one input; ``params`` weight + bias count; ``act_elems`` the elements
-    of the unit's output activation(s) (drives memory traffic); ``active`` whether the unit runs.
+    of the unit's output activation(s) (drives memory traffic); ``active`` whether the unit runs;
+    ``dw_macs`` the part of ``macs`` done by depthwise convolutions (one filter per channel, groups ==
+    channels; already *included* in ``macs``, so ``0 <= dw_macs <= macs``). Depthwise convs have a far lower
+    arithmetic intensity than dense / pointwise ones and run at a different speed (notably in int8), so
+    cost models may price them separately. Spaces without depthwise convs leave it 0.
     """
 
     name: str
@@ -76,6 +80,12 @@ class UnitCost:
     params: int = 0
     act_elems: int = 0
     active: bool = True
+    dw_macs: int = 0
+
+    @property
+    def dense_macs(self) -> int:
+        """``macs - dw_macs``: MACs of dense (incl. pointwise and few-group) convolutions and linear layers."""
+        return self.macs - self.dw_macs
 
 
 SPACES: Registry[type["SearchSpace"]] = Registry("search space")

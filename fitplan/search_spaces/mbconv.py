@@ -286,3 +286,10 @@ def mbconv_costs(in_ch: int, out_ch: int, mid: int, kernel: int, stride: int, hw
     macs += hw_out * hw_out * mid * out_ch
     params += mid * out_ch + 2 * out_ch
     return macs, params, out_ch * hw_out * hw_out, hw_out
+
+
+def mbconv_dw_macs(mid: int, kernel: int, stride: int, hw_in: int) -> int:
+    """MACs of the depthwise ``kernel x kernel`` conv of one MBConv block (``mid`` channels, square ``hw_in``
+    input, ``stride``): the depthwise part of :func:`mbconv_costs`' ``macs`` (``UnitCost.dw_macs``)."""
+    hw_out = (hw_in - 1) // stride + 1
+    return hw_out * hw_out * mid * kernel * kernel

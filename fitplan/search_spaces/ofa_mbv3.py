@@ -43,6 +43,7 @@ from fitplan.search_spaces.mbconv import (
     ElasticDepthwiseConv2d,
     make_act,
     mbconv_costs,
+    mbconv_dw_macs,
     se_channels,
 )
 from fitplan.search_spaces.ops import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, make_divisible
@@ -270,16 +271,18 @@ class OFAMobileNetV3Space(SearchSpace):
         return self.validate(cfg)
 
     def unit_costs(self, config: Config) -> list[UnitCost]:
-        """Analytic MACs, params (conv/linear weights and biases, BN affine) and output activation
-        elements per unit for resolution ``config["r"]``; inactive block slots cost 0."""
+        """Analytic MACs (and their depthwise part, ``dw_macs``), params (conv/linear weights and biases, BN
+        affine) and output activation elements per unit for resolution ``config["r"]``; inactive block slots
+        cost 0."""
         w = self.widths
         cin = self._spec["in_chans"]
         ncls = self._spec["num_classes"]
         hw = (int(config["r"]) - 1) // 2 + 1
         out: list[UnitCost] = [UnitCost("first_conv", hw * hw * cin * w[0] * 9, cin * w[0] * 9 + 2 * w[0],
                                         w[0] * hw * hw)]
+        dw = mbconv_dw_macs(w[0], 3, 1, hw)
         macs, params, act, hw = mbconv_costs(w[0], w[1], w[0], 3, 1, hw, False, expand=False)
-        out.append(UnitCost("first_block", macs, params, act))
+        out.append(UnitCost("first_block", macs, params, act, dw_macs=dw))
         active = set(self.active_slots(config))
         for slot in range(self.n_slots):
             name = f"blocks.{slot}"
@@ -287,10 +290,11 @@ class OFAMobileNetV3Space(SearchSpace):
                 out.append(UnitCost(name, active=False))
                 continue
             mid = self.mid_channels(slot, config["e"][slot])
+            dw = mbconv_dw_macs(mid, config["ks"][slot], self.slot_stride[slot], hw)
             macs, params, act, hw = mbconv_costs(self.slot_in[slot], self.slot_out[slot], mid, config["ks"][slot],
                                                  self.slot_stride[slot], hw,
                                                  STAGE_SE[slot // self.max_depth])
-            out.append(UnitCost(name, macs, params, act))
+            out.append(UnitCost(name, macs, params, act, dw_macs=dw))
         fe, fm = w[7], w[8]
         out.append(UnitCost("final_expand", hw * hw * w[6] * fe, w[6] * fe + 2 * fe, fe * hw * hw))
         out.append(UnitCost("feature_mix", fe * fm, fe * fm + (fm if self.head_bias else 0), fm))

@@ -167,6 +167,41 @@ def test_extract_matches_supernet_and_param_count(small, trained_supernet, which
     assert not any(p.data_ptr() in sn_ptrs for p in net.parameters())
 
 
+def test_macs_and_dw_macs_match_hooks(small, trained_supernet):
+    """Per-unit MACs and their depthwise part (``UnitCost.dw_macs``) equal the counts of the extracted net's
+    convs and linears, for every op (the ``_g2`` 2-group 1x1 convs count as dense)."""
+    from torch import nn
+
+    for cfg in [small.validate({"op_idx_list": [op] * 22}) for op in range(9)] + [small.sample(4)]:
+        net = trained_supernet.extract(cfg).eval()
+        costs = small.unit_costs(cfg)
+        macs = [0] * len(costs)
+        dw = [0] * len(costs)
+        hooks = []
+
+        def hook(mod, i, o, ui, macs=macs, dw=dw):
+            if isinstance(mod, nn.Linear):
+                macs[ui] += o.numel() * mod.in_features
+                return
+            n = o.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            macs[ui] += n
+            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels:
+                dw[ui] += n
+
+        for ui, mods in enumerate(net.fitplan_units):
+            for mname in mods:
+                for m in net.get_submodule(mname).modules():
+                    if isinstance(m, (nn.Conv2d, nn.Linear)):
+                        hooks.append(m.register_forward_hook(lambda mod, i, o, ui=ui: hook(mod, i, o, ui)))
+        with torch.no_grad():
+            net(torch.randn(1, *small.input_shape(cfg)))
+        for h in hooks:
+            h.remove()
+        assert macs == [u.macs for u in costs]
+        assert dw == [u.dw_macs for u in costs]
+        assert all(0 <= u.dw_macs <= u.macs for u in costs)
+
+
 def test_full_size_param_count_all_ops(space):
     sn = space.build_supernet()
     for op in range(9):

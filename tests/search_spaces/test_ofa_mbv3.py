@@ -219,15 +219,21 @@ def test_analytic_params_macs_and_units(trained_small):
             assert u.active == bool(sub.fitplan_units[ui])
         # MACs and output activations, measured with hooks
         macs = {i: 0 for i in range(len(costs))}
+        dw_macs = {i: 0 for i in range(len(costs))}
         acts = {}
         hooks = []
+
+        def conv_hook(mod, i, o, ui):
+            n = o.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] ** 2
+            macs[ui] += n
+            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels:
+                dw_macs[ui] += n
+
         for ui, mods in enumerate(sub.fitplan_units):
             for mname in mods:
                 m = sub.get_submodule(mname)
                 if isinstance(m, nn.Conv2d):
-                    hooks.append(m.register_forward_hook(
-                        lambda mod, i, o, ui=ui: macs.__setitem__(
-                            ui, macs[ui] + o.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] ** 2)))
+                    hooks.append(m.register_forward_hook(lambda mod, i, o, ui=ui: conv_hook(mod, i, o, ui)))
                 elif isinstance(m, nn.Linear):
                     hooks.append(m.register_forward_hook(
                         lambda mod, i, o, ui=ui: macs.__setitem__(ui, macs[ui] + o.numel() * mod.in_features)))
@@ -240,7 +246,28 @@ def test_analytic_params_macs_and_units(trained_small):
         for h in hooks:
             h.remove()
         assert [macs[i] for i in range(len(costs))] == [u.macs for u in costs]
+        assert [dw_macs[i] for i in range(len(costs))] == [u.dw_macs for u in costs]
         assert [acts.get(i, 0) for i in range(len(costs))] == [u.act_elems for u in costs]
+
+
+def test_dw_macs_part_of_macs():
+    """``dw_macs`` (depthwise convs) is within ``macs``, > 0 exactly for the units with a depthwise conv (the
+    first block and active MBConv blocks), 0 for stem / head / classifier and inactive slots."""
+    space = create_space("ofa_mbv3")
+    for cfg in (space.smallest(), space.largest(), space.sample(1), space.sample(2)):
+        costs = space.unit_costs(cfg)
+        for u in costs:
+            assert 0 <= u.dw_macs <= u.macs and u.dense_macs == u.macs - u.dw_macs
+            has_dw = u.active and (u.name == "first_block" or u.name.startswith("blocks."))
+            assert (u.dw_macs > 0) == has_dw, u.name
+            if has_dw:
+                assert u.dw_macs < u.macs  # the pointwise convs are dense
+        assert space.costs(cfg)["macs"] == sum(u.macs for u in costs)
+    # a larger kernel only adds depthwise MACs
+    a = space.validate({**space.smallest(), "ks": [3] * 20})
+    b = space.validate({**a, "ks": [7] + [3] * 19})
+    ua, ub = space.unit_costs(a)[2], space.unit_costs(b)[2]
+    assert ub.dw_macs == ua.dw_macs * 49 // 9 and ub.dense_macs == ua.dense_macs
 
 
 def test_onnx_export_matches(trained_small, tmp_path):
