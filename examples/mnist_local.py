@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(p.summary())
     print(json.dumps({"reference_ms": ref["value"], "budget_ms": budget_ms,
                       "measured_ms": p.measured.get("latency_ms", {}).get("value"),
+                      "exported_measured_ms": p.measured.get("latency_ms_exported", {}).get("value"),
                       "accuracy": p.measured.get("accuracy", {}).get("value"),
                       "teacher_accuracy": p.measured.get("teacher_accuracy", {}).get("value")}))
     return 0
