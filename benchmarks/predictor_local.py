@@ -8,8 +8,9 @@ on the same N samples and scored on every other config of the file, for all conf
 
 ``meta``      the shipped meta-trained prior adapted (``LatencyPredictor.adapt``: fp32 samples -> cost table,
               compressed samples -> per-effect speed-ups);
-``analytic``  ``CostModelPredictor`` (per-unit dense MACs / depthwise MACs / activations / launches per
-              compression class, from ``space.unit_costs`` only; :mod:`fitplan.predictors.analytic`);
+``analytic``  ``CostModelPredictor`` (per-unit dense MACs / depthwise MACs / activations / launches / extra
+              per strided depthwise MAC, per compression class, from ``space.unit_costs`` only;
+              :mod:`fitplan.predictors.analytic`);
 ``auto``      ``calibrate_predictor(method="auto")``: meta or analytic, by cross-validated error on the N
               samples (what ``fitplan calibrate fit`` stores);
 ``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].

@@ -10,9 +10,10 @@ one fit (on ONNX Runtime CPUs static int8 QDQ can be *slower* than fp32; nothing
 Model. Every unit ``u`` of a config falls in a *class* -- ``"fp32"`` (32 bits, dense) or the compression it
 uses, e.g. ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=0.5:unstructured"`` -- and costs
 ``z_u · w_class`` with the per-unit features ``z_u = [dense MACs/1e6, depthwise MACs/1e6, output activation
-elements/1e5, 1 launch]`` (:data:`UNIT_FEATURES`; depthwise MACs are :attr:`UnitCost.dw_macs
-<fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the rest of ``macs``; the launch is counted for
-active units that do work). The latency is::
+elements/1e5, 1 launch, strided depthwise MACs/1e6]`` (:data:`UNIT_FEATURES`; depthwise MACs are
+:attr:`UnitCost.dw_macs <fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the rest of ``macs``,
+strided depthwise MACs :attr:`UnitCost.strided_dw_macs <fitplan.search_spaces.base.UnitCost.strided_dw_macs>`,
+a part of ``dw_macs`` counted again; the launch is counted for active units that do work). The latency is::
 
     ms(cfg) = b + Σ_u z_u · w_class(u),      b >= 0, w >= 0
 
@@ -22,13 +23,22 @@ pointwise ones (low arithmetic intensity), and differently again in int8: on thi
 the int8/fp32 latency ratio of an MBConv net grows with its kernel sizes and resolution. Spaces without
 depthwise convs have a zero column (its coefficient stays at its tie).
 
+Strided depthwise MACs carry an *extra* cost per MAC, for compressed classes only (fp32's is 0): int8
+stride-2 depthwise convs are much slower per MAC than stride-1 ones on this machine's ONNX Runtime (fitted on
+all 240 configs of the shipped dataset: ~3.5x), so an int8 net's cost depends on how much of its depthwise
+work sits in the stride-2 blocks. Of the per-config quantities tried (SE blocks, hswish, kernel-size mix,
+residual adds, resolution, depth, first/last layers), this one explained most of the int8 residual (in-sample
+share of int8 configs within ±10 %: 52 -> 66 %; per-kernel-size or SE/activation splits: +0-3 points).
+Spaces that leave ``strided_dw_macs`` at 0 have a zero column and fit as before.
+
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
 
 1. *Tied* model: each compressed class costs a scalar multiple of fp32, ``w_c = s_c · v`` (one factor per
    class, found by a log-grid line search, coordinate-wise) -- except its depthwise-MAC coefficient, which
    is fitted on its own and only shrunk toward ``s_c · v_dw`` (``lam_dw_class``, weak: compression changes
-   depthwise speed most). The activation coefficient is shrunk toward 0 (``lam_act``) and the fp32
+   depthwise speed most), and its extra strided-depthwise coefficient, fitted on its own and shrunk toward 0
+   (``lam_dw_strided``). The activation coefficient is shrunk toward 0 (``lam_act``) and the fp32
    depthwise-MAC coefficient toward the dense one (``lam_dw``), so with few samples the model is MACs +
    launches, with depthwise MACs priced apart only as far as the data ask for it.
 2. *Free* model: every class gets its own coefficients, shrunk toward the tied solution (``lam_dev`` for the
@@ -42,7 +52,9 @@ Penalties are in units of the relative prediction change (columns scaled by thei
 The defaults (:class:`CostModelHyper`) were chosen with ``benchmarks/predictor_local.py`` on this machine's
 measured ofa_mbv3 datasets (the shipped one and a less noisy re-measurement, ``--data``); differences
 between nearby settings were within the draw-to-draw noise. Splitting depthwise from dense MACs raised the
-share of int8 / mixed predictions within ±10 % by ~5 points at N = 10-40 (fp32 unchanged).
+share of int8 / mixed predictions within ±10 % by ~5 points at N = 10-40 (fp32 unchanged); the extra
+strided-depthwise cost raised int8 by a further ~5-8 points (Spearman .93 -> .94-.95), mixed and fp32
+unchanged.
 
 Unknown effects. A class that no calibration sample contains (e.g. ``bits=8`` when only fp32 configs were
 measured) has no data: :meth:`~CostModelPredictor.predict` raises :class:`~fitplan.errors.ConfigError`
@@ -52,8 +64,9 @@ effect in :meth:`~CostModelPredictor.predict_with_flags` (``unknown="fp32"``) --
 
 State: :meth:`~CostModelPredictor.state_dict` is plain JSON (format ``fitplan.analytic_latency``, version
 :data:`ANALYTIC_FORMAT_VERSION`), storable under ``profile.predictors[space]`` or in a file with
-:meth:`~CostModelPredictor.save`. Version 2 has the four features above; a version-1 state (three features,
-one MAC column) is refused with a :class:`~fitplan.errors.ConfigError` asking to recalibrate.
+:meth:`~CostModelPredictor.save`. Version 3 has the five features above; older states (version 2: no
+strided-depthwise feature; version 1: one MAC column) are refused with a :class:`~fitplan.errors.ConfigError`
+asking to recalibrate.
 """
 from __future__ import annotations
 
@@ -71,10 +84,10 @@ from fitplan.errors import ConfigError, UnknownNameError
 from fitplan.jsonio import check_finite, load_versioned, save_versioned
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
-ANALYTIC_FORMAT_VERSION = 2
+ANALYTIC_FORMAT_VERSION = 3
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
-UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches")
-_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0])
+UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6")
+_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6])
 #: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
 BASE_CLASS = "fp32"
 #: fewest distinct calibration configs accepted.
@@ -82,6 +95,7 @@ MIN_SAMPLES = 3
 _ACT = UNIT_FEATURES.index("act_elems_1e5")
 _DENSE = UNIT_FEATURES.index("dense_macs_1e6")
 _DW = UNIT_FEATURES.index("dw_macs_1e6")
+_SDW = UNIT_FEATURES.index("strided_dw_macs_1e6")
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,8 @@ class CostModelHyper:
             dense MACs cost the same).
         lam_dw_class: shrinkage of a compressed class's depthwise-MAC coefficient toward ``s_c`` x the fp32
             one in the tied stage.
+        lam_dw_strided: shrinkage of a compressed class's extra cost per *strided* depthwise MAC toward 0 in
+            the tied stage (fp32 has none: its strided depthwise MACs cost what its other ones do).
         huber: Huber threshold in robust standard deviations of the relative residuals (0: plain least squares).
         irls_iters: reweighting rounds when ``huber > 0``.
         factor_min, factor_max, factor_grid: log-grid of the per-class factor ``s_c`` (refined to ~1 %).
@@ -106,6 +122,7 @@ class CostModelHyper:
     lam_act: float = 1.0
     lam_dw: float = 1.0
     lam_dw_class: float = 0.01
+    lam_dw_strided: float = 1.0
     huber: float = 1.5
     irls_iters: int = 5
     factor_min: float = 0.05
@@ -184,7 +201,8 @@ class UnitFeaturizer:
         if z is None:
             units = self.space.unit_costs(cfg)
             z = np.array([[u.macs - u.dw_macs, u.dw_macs, u.act_elems,
-                           1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0]
+                           1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0,
+                           getattr(u, "strided_dw_macs", 0)]
                           for u in units], dtype=np.float64).reshape(len(units), len(UNIT_FEATURES))
             z /= _FEATURE_SCALE
             self._cache[key] = z
@@ -287,21 +305,26 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
                   h: CostModelHyper) -> _Fit:
     """Tied stage (per-class factor line search), then the free stage shrunk toward it (module doc)."""
     j = len(UNIT_FEATURES)
+    base = classes.index(BASE_CLASS)
+    x = x.copy()
+    x[:, 1 + j * base + _SDW] = 0.0  # fp32 has no extra strided-depthwise cost (its coefficient stays 0)
     blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
     comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
-    base = classes.index(BASE_CLASS)
     factors = {k: 1.0 for k in comp}
     grid = np.exp(np.linspace(math.log(h.factor_min), math.log(h.factor_max), h.factor_grid))
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
-    lam_t = np.concatenate([lam_t, np.zeros(len(comp))])
+    lam_t = np.concatenate([lam_t, np.zeros(len(comp)), np.full(len(comp), h.lam_dw_strided)])
 
     def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
-        # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column]
+        # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column, then
+        # per compressed class its own extra strided-depthwise-MAC column (shrunk toward 0)]
         merged = blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)
         merged[:, _DW] = blocks[base][:, _DW]
-        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp])
+        merged[:, _SDW] = 0.0
+        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp]
+                             + [blocks[k][:, _SDW] for k in comp])
         sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
         ties = [(1 + _DW, 1 + _DENSE, h.lam_dw, 1.0)] + [(1 + j + i, 1 + _DW, h.lam_dw_class, fac[k])
                                                          for i, k in enumerate(comp)]
@@ -328,6 +351,7 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
         else:
             ref[sl] = factors[k] * v[1:]
             ref[1 + j * k + _DW] = vt[1 + j + comp.index(k)]
+            ref[1 + j * k + _SDW] = vt[1 + j + len(comp) + comp.index(k)]
             lam[sl] = h.lam_dev
     scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
     w, _ = _nnls_rel(x, y, wts, lam, ref, scale)
@@ -481,7 +505,8 @@ class CostModelPredictor:
         w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
         ape = np.abs(x @ w - y) / y
         prov = {"method": "analytic per-unit cost model (dense MACs, depthwise MACs, activation elements, "
-                          "launches per compression class; intercept), relative-error NNLS tied to fp32 then "
+                          "launches, extra per strided depthwise MAC, per compression class; intercept), "
+                          "relative-error NNLS tied to fp32 then "
                           "shrunk, Huber IRLS",
                 "space": space.spec(), "n_samples": len(configs), "merged_repeats": merged,
                 "samples_per_class": dict(sorted(counts.items())),
@@ -562,7 +587,8 @@ class CostModelPredictor:
             raise ConfigError("format", "not a fitplan analytic latency-predictor state", [ANALYTIC_FORMAT])
         if state.get("format_version") != ANALYTIC_FORMAT_VERSION:
             raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r} (version "
-                                                f"{ANALYTIC_FORMAT_VERSION} prices depthwise and dense MACs apart; "
+                                                f"{ANALYTIC_FORMAT_VERSION} adds a compressed class's extra cost "
+                                                "per strided depthwise MAC; "
                                                 "recalibrate)",
                               [ANALYTIC_FORMAT_VERSION])
         if list(state.get("unit_features") or []) != list(UNIT_FEATURES):

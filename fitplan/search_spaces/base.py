@@ -72,7 +72,10 @@ class UnitCost:
     ``dw_macs`` the part of ``macs`` done by depthwise convolutions (one filter per channel, groups ==
     channels; already *included* in ``macs``, so ``0 <= dw_macs <= macs``). Depthwise convs have a far lower
     arithmetic intensity than dense / pointwise ones and run at a different speed (notably in int8), so
-    cost models may price them separately. Spaces without depthwise convs leave it 0.
+    cost models may price them separately. Spaces without depthwise convs leave it 0. ``strided_dw_macs``
+    the part of ``dw_macs`` done by strided (stride > 1) depthwise convs (``0 <= strided_dw_macs <=
+    dw_macs``): int8 strided depthwise kernels can be several times slower per MAC than stride-1 ones
+    (ONNX Runtime, x86), so cost models may add a cost of their own to them; 0 where unknown.
     """
 
     name: str
@@ -81,6 +84,7 @@ class UnitCost:
     act_elems: int = 0
     active: bool = True
     dw_macs: int = 0
+    strided_dw_macs: int = 0
 
     @property
     def dense_macs(self) -> int:

@@ -260,7 +260,8 @@ class FBNetSpace(SearchSpace):
     # ----------------------------------------------------------------- costs
     def layer_cost(self, i: int, op: str) -> UnitCost:
         """Analytic cost of op ``op`` in layer ``i`` (identity skip: inactive, zero cost); ``dw_macs`` is the
-        depthwise ``k x k`` conv's share (the ``_g2`` 2-group 1x1 convs count as dense)."""
+        depthwise ``k x k`` conv's share (the ``_g2`` 2-group 1x1 convs count as dense), ``strided_dw_macs`` the
+        same in stride-2 layers."""
         c_in, c_out, stride, hw_in, hw_out = self.layer_shapes[i]
         name = f"layers.{i}"
         if op == "skip":
@@ -274,7 +275,9 @@ class FBNetSpace(SearchSpace):
                 + hw_out * hw_out * c_out * mid // g)
         params = c_in * mid // g + 2 * mid + mid * k * k + 2 * mid + mid * c_out // g + 2 * c_out
         act = mid * hw_in * hw_in + mid * hw_out * hw_out + c_out * hw_out * hw_out
-        return UnitCost(name, macs=macs, params=params, act_elems=act, dw_macs=hw_out * hw_out * mid * k * k)
+        dw = hw_out * hw_out * mid * k * k
+        return UnitCost(name, macs=macs, params=params, act_elems=act, dw_macs=dw,
+                        strided_dw_macs=dw if stride > 1 else 0)
 
     def unit_costs(self, config: Config) -> list[UnitCost]:
         ops = config["op_idx_list"]

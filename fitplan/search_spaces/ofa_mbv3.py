@@ -271,9 +271,9 @@ class OFAMobileNetV3Space(SearchSpace):
         return self.validate(cfg)
 
     def unit_costs(self, config: Config) -> list[UnitCost]:
-        """Analytic MACs (and their depthwise part, ``dw_macs``), params (conv/linear weights and biases, BN
-        affine) and output activation elements per unit for resolution ``config["r"]``; inactive block slots
-        cost 0."""
+        """Analytic MACs (their depthwise part ``dw_macs``, of which strided ``strided_dw_macs``), params
+        (conv/linear weights and biases, BN affine) and output activation elements per unit for resolution
+        ``config["r"]``; inactive block slots cost 0."""
         w = self.widths
         cin = self._spec["in_chans"]
         ncls = self._spec["num_classes"]
@@ -294,7 +294,8 @@ class OFAMobileNetV3Space(SearchSpace):
             macs, params, act, hw = mbconv_costs(self.slot_in[slot], self.slot_out[slot], mid, config["ks"][slot],
                                                  self.slot_stride[slot], hw,
                                                  STAGE_SE[slot // self.max_depth])
-            out.append(UnitCost(name, macs, params, act, dw_macs=dw))
+            out.append(UnitCost(name, macs, params, act, dw_macs=dw,
+                                strided_dw_macs=dw if self.slot_stride[slot] > 1 else 0))
         fe, fm = w[7], w[8]
         out.append(UnitCost("final_expand", hw * hw * w[6] * fe, w[6] * fe + 2 * fe, fe * hw * hw))
         out.append(UnitCost("feature_mix", fe * fm, fe * fm + (fm if self.head_bias else 0), fm))
