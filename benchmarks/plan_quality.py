@@ -180,7 +180,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     from fitplan.data import calibration_batches, resize_for_shape
     from fitplan.planner.api import PlanRequest, finish, prepare, run_search
     from fitplan.planner.budget import Budget
-    from fitplan.planner.materialize import build_model
+    from fitplan.planner.materialize import build_model, build_teacher
     from fitplan.planner.predict import measure_latency
     from fitplan.planner.search import SearchProblem, check_feasible
     from fitplan.search_spaces.training import evaluate, finetune
@@ -237,7 +237,8 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             shape = space.input_shape(ucfg)
             calib = [resize_for_shape(b, shape) for b in calibration_batches(ctx.data, n_batches=4)]
             m = build_model(space, ctx.supernet, ucfg, calib)
-            teacher = ctx.supernet.extract(space.largest()).eval()
+            teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
+                                                          for b in calibration_batches(ctx.data, n_batches=4)])
             finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
                      checkpoint_dir=c.out_dir / "uniform_ckpt", max_steps=train.get("max_train_steps"),
                      device="cpu")

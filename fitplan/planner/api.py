@@ -473,15 +473,15 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     measured: dict[str, Any] = {}
     finetune_info: dict[str, Any] = {}
     if ctx.data is not None:
-        from fitplan.search_spaces.training import evaluate, finetune, recalibrate_bn
+        from fitplan.planner.materialize import build_teacher
+        from fitplan.search_spaces.training import evaluate, finetune
 
-        teacher = ctx.supernet.extract(ctx.space.largest()).eval()
-        recalibrate_bn(teacher, None, raw_calib)  # resized to the largest config's input inside
+        teacher = build_teacher(ctx.space, ctx.supernet, calib_for(ctx.space.largest()))
         test = ctx.data.loader("test", batch_size=256)
         t_acc = evaluate(teacher, None, test)
         if req.finetune_epochs > 0:
             res = finetune(model, teacher, ctx.data.loader("train", batch_size=req.train_batch_size, seed=req.seed),
-                           epochs=req.finetune_epochs, checkpoint_dir=out / "finetune_ckpt", seed=req.seed,
+                           epochs=req.finetune_epochs, checkpoint_dir=_finetune_dir(out, cfg), seed=req.seed,
                            max_steps=req.max_train_steps, device="cpu")
             finetune_info = {"epochs": req.finetune_epochs, "teacher": "largest subnet of the supernet",
                              "result": _jsonable(res)}
@@ -516,7 +516,7 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
             atomic_write_text(chosen_path, dumps({"rejected": rejected}))
             import shutil
 
-            shutil.rmtree(out / "finetune_ckpt", ignore_errors=True)
+            shutil.rmtree(_finetune_dir(out, cfg), ignore_errors=True)
             raise InfeasibleBudgetError(
                 f"the fine-tuned model {art} measured {final['value']:.3f} ms > latency budget {lim:g} ms on this "
                 f"machine (before fine-tuning: {gate_v:.3f} ms): no plan is returned for it. It is recorded as rejected in chosen.json; "
@@ -550,6 +550,14 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     plan.save(out / "plan.json")
     atomic_write_text(out / "summary.txt", plan.summary() + "\n")
     return plan
+
+
+def _finetune_dir(out: Path, cfg: Mapping[str, Any]) -> Path:
+    """Fine-tuning checkpoints of one config (a re-run that picks another config never resumes the wrong
+    weights): ``out/finetune_ckpt/<config key>``."""
+    from fitplan.hw_profiles.measure import config_key
+
+    return out / "finetune_ckpt" / config_key(cfg)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -47,6 +47,12 @@ def build_model(space: Any, supernet: Any, config: Mapping[str, Any],
     return module
 
 
+def build_teacher(space: Any, supernet: Any, calib: Sequence[torch.Tensor] | None = None) -> nn.Module:
+    """The knowledge-distillation teacher: the largest subnet, BatchNorm recalibrated on ``calib`` (resized
+    to its input inside). Without recalibration the shared running statistics make it a poor teacher."""
+    return build_model(space, supernet, space.largest(), calib).eval()
+
+
 def save_model(module: nn.Module, out_dir: Path, space: Any, config: Mapping[str, Any]) -> dict[str, str]:
     """Write ``model.safetensors`` + ``model.json``. Call after :func:`finalize` (masks baked)."""
     from safetensors.torch import save_file

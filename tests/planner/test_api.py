@@ -199,3 +199,12 @@ def test_bad_latency_margin_names_field(bad):
 
     with pytest.raises(ConfigError, match="latency_margin"):
         PlanRequest("planner_tiny", "local", {"latency_ms": 1.0}, latency_margin=bad).validate()
+
+
+def test_finetune_checkpoints_are_per_config(tmp_path):
+    from fitplan.planner.api import _finetune_dir
+
+    a, b = {"r": 8, "w": [4, 4]}, {"r": 12, "w": [4, 4]}
+    assert _finetune_dir(tmp_path, a) != _finetune_dir(tmp_path, b)
+    assert _finetune_dir(tmp_path, a) == _finetune_dir(tmp_path, dict(a))
+    assert _finetune_dir(tmp_path, a).parent == tmp_path / "finetune_ckpt"
