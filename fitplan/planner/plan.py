@@ -97,7 +97,9 @@ class Plan:
                 lines.append(f"  {k:<14} measured {m['value']:.4g} ({m.get('method', '')})")
         if self.checks:
             lines.append("  checks: " + ", ".join(f"{k}={v}" for k, v in self.checks.items()))
-        lines.append(f"  pareto front: {len(self.pareto)} candidates; trials: {self.search.get('n_trials', '?')}")
+        lines.append(f"  pareto front: {len(self.pareto)} candidates; configs evaluated by the predictors: "
+                     f"{self.search.get('predictor_evaluations', '?')} ({self.search.get('n_trials', '?')} trials "
+                     "stored in the study)")
         for n in self.notes:
             lines.append(f"  note: {n}")
         for k, p in self.artifacts.items():
