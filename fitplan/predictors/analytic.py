@@ -82,6 +82,7 @@ import numpy as np
 
 from fitplan.errors import ConfigError, UnknownNameError
 from fitplan.jsonio import check_finite, load_versioned, save_versioned
+from fitplan.predictors.samples import iter_samples
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
 ANALYTIC_FORMAT_VERSION = 3
@@ -405,31 +406,16 @@ def parse_cost_samples(space: Any, samples: Any) -> tuple[list[dict[str, Any]], 
     measurements, not errors. Raises :class:`ConfigError` naming the field (``samples.3.latency_ms``,
     ``samples.2.arch.ks.4``) for anything malformed, and ``samples`` for too few distinct configs.
     """
-    if isinstance(samples, Mapping):
-        if "samples" not in samples:
-            raise ConfigError("samples", "expected a list of samples or {\"samples\": [...]}")
-        samples = samples["samples"]
-    if not isinstance(samples, (list, tuple)):
-        raise ConfigError("samples", f"expected a list of {{'arch', 'latency_ms'}} objects, got "
-                                     f"{type(samples).__name__}")
     index: dict[str, int] = {}
     configs: list[dict[str, Any]] = []
     logs: list[list[float]] = []
-    for i, s in enumerate(samples):
-        f = f"samples.{i}"
-        if not isinstance(s, Mapping):
-            raise ConfigError(f, f"expected an object with 'arch' and 'latency_ms', got {type(s).__name__}")
-        key_name = "arch" if "arch" in s else "config"
-        cfg = s.get(key_name)
-        if cfg is None:
-            raise ConfigError(f"{f}.arch", "missing key")
-        if "latency_ms" not in s:
-            raise ConfigError(f"{f}.latency_ms", "missing key")
-        ms = check_finite(f"{f}.latency_ms", s["latency_ms"], positive=True)
-        cfg = validate_config(space, cfg, f"{f}.{key_name}")
+    merged = 0
+    for _, field_, cfg, ms in iter_samples(samples):
+        cfg = validate_config(space, cfg, field_)
         key = json.dumps(cfg, sort_keys=True)
         if key in index:
             logs[index[key]].append(math.log(ms))
+            merged += 1
             continue
         index[key] = len(configs)
         configs.append(cfg)
@@ -438,7 +424,7 @@ def parse_cost_samples(space: Any, samples: Any) -> tuple[list[dict[str, Any]], 
         raise ConfigError("samples", f"need at least {MIN_SAMPLES} distinct measured configs, got {len(configs)} "
                                      "(10 or more recommended)")
     y = np.exp([float(np.mean(v)) for v in logs])
-    return configs, y, len(samples) - len(configs)
+    return configs, y, merged
 
 
 # ------------------------------------------------------------------------------------------ predictor

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from fitplan.errors import ConfigError, UnknownNameError
-from fitplan.jsonio import check_finite
 from fitplan.paths import package_data
 from fitplan.predictors.features import (
     COMPRESSION_KEYS, FBNET_LAYERS, FBNET_OPS, OFA_BLOCKS, OFA_D, OFA_E, OFA_KS, OFA_R_RANGE, PREDICTOR_SPACES,
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
 from fitplan.predictors.basis import BasisHyper, available_devices, bma_log_predict, fit_bma, source_columns
 from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
+from fitplan.predictors.samples import iter_samples
 
 if TYPE_CHECKING:
     from fitplan.predictors.analytic import CostModelPredictor
@@ -95,24 +95,9 @@ def parse_samples(space: str, samples: Any) -> tuple[list[dict[str, Any]], np.nd
     Raises :class:`ConfigError` naming the offending field (``samples.3.latency_ms``) for a wrong arch
     format, a non-finite / non-positive latency, duplicate archs or too few samples.
     """
-    if isinstance(samples, Mapping):
-        if "samples" not in samples:
-            raise ConfigError("samples", "expected a list of samples or {\"samples\": [...]}")
-        samples = samples["samples"]
-    if not isinstance(samples, (list, tuple)):
-        raise ConfigError("samples", f"expected a list of {{'arch', 'latency_ms'}} objects, got "
-                                     f"{type(samples).__name__}")
     archs, ys, seen = [], [], {}
-    for i, s in enumerate(samples):
+    for i, _, arch, y in iter_samples(samples):
         f = f"samples.{i}"
-        if not isinstance(s, Mapping):
-            raise ConfigError(f, f"expected an object with 'arch' and 'latency_ms', got {type(s).__name__}")
-        arch = s.get("arch", s.get("config"))
-        if arch is None:
-            raise ConfigError(f"{f}.arch", "missing key")
-        if "latency_ms" not in s:
-            raise ConfigError(f"{f}.latency_ms", "missing key")
-        y = check_finite(f"{f}.latency_ms", s["latency_ms"], positive=True)
         a = validate_arch(space, arch, f"{f}.arch")
         key = _arch_key(space, a)
         if key in seen:
