@@ -64,14 +64,36 @@ def median_ci(sorted_x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
     return float(sorted_x[lo]), float(sorted_x[hi])
 
 
+def median_rel_ci(sorted_x: np.ndarray) -> float:
+    """Half-width of :func:`median_ci` relative to the median (``inf`` for a zero median)."""
+    med = float(np.median(sorted_x))
+    lo, hi = median_ci(sorted_x)
+    return float((hi - lo) / (2.0 * med)) if med > 0 else float("inf")
+
+
 def summarize(times_s: list[float]) -> dict[str, Any]:
     """Median / p10 / p90 (ms), count and the relative CI half-width of the median."""
     x = np.sort(np.asarray(times_s, dtype=np.float64)) * 1e3
-    med = float(np.median(x))
-    lo, hi = median_ci(x)
-    return {"median_ms": med, "p10_ms": float(np.percentile(x, 10)), "p90_ms": float(np.percentile(x, 90)),
-            "min_ms": float(x[0]), "count": int(len(x)),
-            "rel_ci": float((hi - lo) / (2.0 * med)) if med > 0 else float("inf")}
+    return {"median_ms": float(np.median(x)), "p10_ms": float(np.percentile(x, 10)),
+            "p90_ms": float(np.percentile(x, 90)), "min_ms": float(x[0]), "count": int(len(x)),
+            "rel_ci": median_rel_ci(x)}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _warm_up(fns: list[Callable[[], Any]], warmup_s: float, min_warmup: int) -> int:
+    """Run every ``fn`` in turn for at least ``warmup_s`` and ``min_warmup`` rounds; returns the rounds."""
+    t0 = time.perf_counter()
+    n = 0
+    while n < min_warmup or time.perf_counter() - t0 < warmup_s:
+        for fn in fns:
+            fn()
+        n += 1
+    return n
 
 
 def time_callable(fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s"],
@@ -84,18 +106,12 @@ def time_callable(fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s
     ``rel_tol`` of the median, or at ``max_repeats`` runs, or after ``max_seconds`` of timed runs
     (then ``stable`` is false). Returns :func:`summarize` plus ``stable``, ``warmup`` and the stopping rule.
     """
-    t0 = time.perf_counter()
-    nw = 0
-    while nw < min_warmup or time.perf_counter() - t0 < warmup_s:
-        fn()
-        nw += 1
+    nw = _warm_up([fn], warmup_s, min_warmup)
     times: list[float] = []
     start = time.perf_counter()
     stable = False
     while len(times) < max_repeats:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+        times.append(_timed(fn))
         if len(times) >= min_repeats and len(times) % 5 == 0:
             if summarize(times)["rel_ci"] <= rel_tol:
                 stable = True
@@ -108,12 +124,6 @@ def time_callable(fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s
     out["rule"] = {"warmup_s": warmup_s, "min_warmup": min_warmup, "min_repeats": min_repeats,
                    "max_repeats": max_repeats, "max_seconds": max_seconds, "rel_tol": rel_tol}
     return out
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s"],
@@ -130,12 +140,7 @@ def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: f
     ``max_seconds`` (then ``stable`` is false). Returns :func:`summarize` of ``fn``'s times plus ``ratio``,
     ``ratio_rel_ci``, ``blocks``, ``ref_median_ms`` and ``ref_count``.
     """
-    t0 = time.perf_counter()
-    nw = 0
-    while nw < min_warmup or time.perf_counter() - t0 < warmup_s:
-        fn()
-        ref_fn()
-        nw += 1
+    nw = _warm_up([fn, ref_fn], warmup_s, min_warmup)
     times: list[float] = []
     ref_times: list[float] = []
     ratios: list[float] = []
@@ -152,19 +157,15 @@ def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: f
         times += a
         ref_times += b
         ratios.append(float(np.median(a) / np.median(b)))
-        if len(ratios) >= min_blocks and len(times) >= min_repeats:
-            r = np.sort(np.asarray(ratios))
-            lo, hi = median_ci(r)
-            if (hi - lo) / (2.0 * float(np.median(r))) <= rel_tol:
-                stable = True
-                break
+        if len(ratios) >= min_blocks and len(times) >= min_repeats \
+                and median_rel_ci(np.sort(np.asarray(ratios))) <= rel_tol:
+            stable = True
+            break
         if time.perf_counter() - start > max_seconds and len(ratios) >= 3:
             break
     out = summarize(times)
     r = np.sort(np.asarray(ratios))
-    lo, hi = median_ci(r)
-    ratio = float(np.median(r))
-    out.update({"ratio": ratio, "ratio_rel_ci": float((hi - lo) / (2.0 * ratio)), "blocks": len(ratios),
+    out.update({"ratio": float(np.median(r)), "ratio_rel_ci": median_rel_ci(r), "blocks": len(ratios),
                 "ref_median_ms": float(np.median(ref_times) * 1e3), "ref_count": len(ref_times),
                 "stable": bool(stable), "warmup": nw,
                 "rule": {"warmup_s": warmup_s, "min_warmup": min_warmup, "min_repeats": min_repeats,
@@ -180,9 +181,7 @@ def measure_anchor(ref_path: str, input_shape: list[int], threads: int, provider
     sess = make_session(ref_path, threads, provider)
     feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
     run = lambda: sess.run(None, feed)  # noqa: E731
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.3:
-        run()
+    _warm_up([run], 0.3, 1)
     meds = []
     for _ in range(windows):
         ts: list[float] = []
