@@ -206,6 +206,9 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     for cfg in uniform:
         uni_lat[json.dumps(cfg, sort_keys=True)] = measure_latency(space, cfg, prof, supernet=ctx.supernet,
                                                                    rule=rule)["value"]
+    raw_calib = calibration_batches(ctx.data, n_batches=4)
+    teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
+                                                  for b in raw_calib])  # eval only: shared by every baseline
     rows = []
     for f in fractions:
         budget = low + f * (full - low)
@@ -235,10 +238,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             v, k = max(cands)
             ucfg = json.loads(k)
             shape = space.input_shape(ucfg)
-            calib = [resize_for_shape(b, shape) for b in calibration_batches(ctx.data, n_batches=4)]
-            m = build_model(space, ctx.supernet, ucfg, calib)
-            teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
-                                                          for b in calibration_batches(ctx.data, n_batches=4)])
+            m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
             finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
                      checkpoint_dir=c.out_dir / "uniform_ckpt", max_steps=train.get("max_train_steps"),
                      device="cpu")
