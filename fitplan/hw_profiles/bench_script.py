@@ -129,21 +129,40 @@ def time_callable(fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s
 def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: float = DEFAULTS["warmup_s"],
                 min_warmup: int = int(DEFAULTS["min_warmup"]), min_repeats: int = int(DEFAULTS["min_repeats"]),
                 max_repeats: int = int(DEFAULTS["max_repeats"]), max_seconds: float = DEFAULTS["max_seconds"],
-                rel_tol: float = DEFAULTS["rel_tol"], block_s: float = 0.05, min_blocks: int = 10) -> dict[str, Any]:
+                rel_tol: float = DEFAULTS["rel_tol"], block_s: float = 0.05, min_blocks: int = 10,
+                quiet_tol: float | None = 0.10) -> dict[str, Any]:
     """Time ``fn()`` interleaved with a reference ``ref_fn()``; the stable number is their ratio.
 
     Blocks alternate: at least 3 runs (and ``block_s``) of ``fn``, then runs of ``ref_fn`` for the same
     wall time. Machine-wide slow-downs (co-tenants, frequency changes) hit both halves of a block alike, so
-    the median over blocks of ``median(fn) / median(ref)`` is far steadier than either median alone. Stops
-    when at least ``min_blocks`` blocks and ``min_repeats`` runs of ``fn`` are done and the ~95% CI
-    half-width of the median ratio is at most ``rel_tol`` of it, or at ``max_repeats`` runs of ``fn`` or
-    ``max_seconds`` (then ``stable`` is false). Returns :func:`summarize` of ``fn``'s times plus ``ratio``,
-    ``ratio_rel_ci``, ``blocks``, ``ref_median_ms`` and ``ref_count``.
+    the median over blocks of ``median(fn) / median(ref)`` is far steadier than either median alone.
+
+    Quiet blocks only (``quiet_tol``): on a shared VM the machine switches for seconds at a time into a
+    slow state that does *not* slow every kernel alike (int8 QDQ convolutions ~1.5x, fp32 ~1.3x on the
+    development VM), so a ratio from those blocks is biased. A block counts as quiet when its reference
+    median is within ``1 + quiet_tol`` of the 10th percentile of all reference block medians of this
+    measurement; the ratio is the median over quiet blocks (over all blocks when fewer than 3 are quiet,
+    or with ``quiet_tol=None``).
+
+    Stops when at least ``min_blocks`` (quiet) blocks and ``min_repeats`` runs of ``fn`` are done and the
+    ~95% CI half-width of the median ratio is at most ``rel_tol`` of it, or at ``max_repeats`` runs of
+    ``fn`` or ``max_seconds`` (then ``stable`` is false). Returns :func:`summarize` of ``fn``'s times plus
+    ``ratio``, ``ratio_rel_ci``, ``blocks``, ``quiet_blocks``, ``ref_median_ms`` and ``ref_count``.
     """
     nw = _warm_up([fn, ref_fn], warmup_s, min_warmup)
     times: list[float] = []
     ref_times: list[float] = []
     ratios: list[float] = []
+    ref_blocks: list[float] = []
+
+    def used() -> np.ndarray:
+        r = np.asarray(ratios)
+        if quiet_tol is None or len(r) < 3:
+            return r
+        rb = np.asarray(ref_blocks)
+        keep = rb <= np.percentile(rb, 10) * (1.0 + quiet_tol)
+        return r[keep] if keep.sum() >= 3 else r
+
     stable = False
     start = time.perf_counter()
     while len(times) < max_repeats:
@@ -157,20 +176,22 @@ def time_paired(fn: Callable[[], Any], ref_fn: Callable[[], Any], *, warmup_s: f
         times += a
         ref_times += b
         ratios.append(float(np.median(a) / np.median(b)))
-        if len(ratios) >= min_blocks and len(times) >= min_repeats \
-                and median_rel_ci(np.sort(np.asarray(ratios))) <= rel_tol:
+        ref_blocks.append(float(np.median(b)))
+        if len(ratios) >= min_blocks and len(times) >= min_repeats and len(sel := used()) >= min_blocks \
+                and median_rel_ci(np.sort(sel)) <= rel_tol:
             stable = True
             break
         if time.perf_counter() - start > max_seconds and len(ratios) >= 3:
             break
     out = summarize(times)
-    r = np.sort(np.asarray(ratios))
+    r = np.sort(used())
     out.update({"ratio": float(np.median(r)), "ratio_rel_ci": median_rel_ci(r), "blocks": len(ratios),
+                "quiet_blocks": len(r),
                 "ref_median_ms": float(np.median(ref_times) * 1e3), "ref_count": len(ref_times),
                 "stable": bool(stable), "warmup": nw,
                 "rule": {"warmup_s": warmup_s, "min_warmup": min_warmup, "min_repeats": min_repeats,
                          "max_repeats": max_repeats, "max_seconds": max_seconds, "rel_tol": rel_tol,
-                         "block_s": block_s, "min_blocks": min_blocks}})
+                         "block_s": block_s, "min_blocks": min_blocks, "quiet_tol": quiet_tol}})
     return out
 
 

@@ -224,6 +224,8 @@ def measure_onnx(path: str | os.PathLike, input_shape: Sequence[int], *, threads
         method += (f"; then blocks of runs (>= {r['block_s']:g} s) alternating with the reference model "
                    f"{REFERENCE_ID} for equal wall time, until the ~95% CI of the median per-block latency ratio "
                    f"is within {r['rel_tol'] * 100:g}% (min {r['min_blocks']} blocks, max {r['max_seconds']:g} s); "
+                   f"ratio over the {stats['quiet_blocks']} of {stats['blocks']} blocks whose reference run was "
+                   f"within {(r.get('quiet_tol') or 0) * 100:g}% of its fastest (slow-machine blocks dropped); "
                    f"reported = median ratio {stats['ratio']:.4f} x anchor {anchor['anchor_ms']:.4f} ms (the "
                    f"reference on this machine, {anchor['method']}, {anchor['measured_at']}); raw median "
                    f"{stats['raw_median_ms']:.4f} ms")
