@@ -4,8 +4,10 @@ Loads the supernet that ``benchmarks/supernet_train.py`` saved (``--supernet``),
 there is none. Then:
 
 1. measures ``--n-subnets`` random subnets (BN recalibrated) on the mnist5k val split, fits the
-   predictor (ridge vs gradient boosting chosen by 5-fold CV) and reports Kendall tau / Spearman / MAE on
-   the 20% of subnets held out from fitting;
+   predictor (target, features and regressor chosen by 5-fold CV) and reports Kendall tau / Spearman /
+   MAE on the 20% of subnets held out from fitting; then ranks ``--n-check`` new subnets against their
+   accuracy on the test split, beside what re-measuring them on the val split would give (the ceiling of
+   any predictor fitted to val measurements);
 2. measures per-unit sensitivity to 4/8 bits and 25/50/75% unstructured and 2:4 sparsity on the largest
    subnet, one unit at a time;
 3. checks the additivity assumption: ``--n-compressed`` random compressed configs are measured for real
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/accuracy_predictor/predictor.json")
     ap.add_argument("--no-sensitivity", action="store_true")
+    ap.add_argument("--n-check", type=int, default=40,
+                    help="new subnets measured on the test split to score the predictor against")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -81,9 +85,22 @@ def main() -> None:
           f"on {args.calib_batches * 64} train images: accuracy {accs.min():.4f} .. {accs.max():.4f} "
           f"(mean {accs.mean():.4f}, std {accs.std():.4f})")
     print("5-fold CV Kendall tau: " + ", ".join(f"{k} {v:.3f}" for k, v in m["cv_kendall_tau"].items())
-          + f"  -> chosen: {m['model']}")
+          + f"  -> chosen: {m.get('target', 'accuracy')}/{m.get('features', 'encode')}/{m['model']}")
     print(f"held-out subnets (n={m['n_holdout']}, never fitted on): Kendall tau {m['kendall_tau_holdout']:.3f}, "
-          f"Spearman {m['spearman_holdout']:.3f}, MAE {m['mae_holdout']:.4f}")
+          f"Spearman {m['spearman_holdout']:.3f}, MAE {m['mae_holdout']:.4f} (against their val accuracy)")
+    if args.n_check > 0:
+        from fitplan.predictors.accuracy import measure_subnet_metrics
+
+        rng = np.random.default_rng(args.seed + 7)
+        chk = [space.sample(rng, compression=False) for _ in range(args.n_check)]
+        on_val = measure_subnet_metrics(supernet, chk, val, calib, desc="check (val)")
+        on_test = measure_subnet_metrics(supernet, chk, data.loader("test", 250), calib, desc="check (test)")
+        t = on_test["accuracy"]
+        print(f"{args.n_check} new subnets, accuracy on the test split ({data.info.sizes['test']} images, never "
+              f"used for fitting) {t.min():.4f} .. {t.max():.4f}; Kendall tau with it:")
+        print(f"  predicted (this predictor)          {kendalltau(pred.predict_arch(chk), t).statistic:6.3f}")
+        print(f"  measured val accuracy (a re-measure) {kendalltau(on_val['accuracy'], t).statistic:6.3f}")
+        print(f"  measured val cross-entropy           {kendalltau(-on_val['nll'], t).statistic:6.3f}")
 
     if pred.sensitivity is not None:
         s = pred.sensitivity

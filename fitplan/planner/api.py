@@ -83,7 +83,7 @@ class PlanRequest:
     finetune_epochs: int = 1
     max_train_steps: int | None = None
     train_batch_size: int = 64
-    accuracy_subnets: int = 40
+    accuracy_subnets: int = 80
     known_good: list[dict[str, Any]] = field(default_factory=list)
     quick: bool = False
 

@@ -278,7 +278,7 @@ def evaluate_subnet(supernet: Any, space: Any, config: Config, data: Any, *, cal
 
 
 def resolve_accuracy(space: Any, supernet: Any, data: Any, *, out_dir: Path | None = None, seed: int = 0,
-                     quick: bool = False, sensitivity: bool = True, n_subnets: int = 40) -> tuple[Predict, str]:
+                     quick: bool = False, sensitivity: bool = True, n_subnets: int = 80) -> tuple[Predict, str]:
     """``(predict, description)`` of accuracy (see module doc).
 
     With a trained supernet and data: :class:`fitplan.predictors.accuracy.AccuracyPredictor` built on

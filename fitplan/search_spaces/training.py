@@ -537,6 +537,20 @@ def evaluate(model: nn.Module, config: Mapping[str, Any] | None, loader: Iterabl
     With ``calib_batches`` BN statistics are recalibrated first (:func:`recalibrate_bn`). Inputs are
     resized to the config's input size. Leaves the model in eval mode.
     """
+    return evaluate_metrics(model, config, loader, calib_batches, input_shape=input_shape,
+                            max_batches=max_batches)["accuracy"]
+
+
+@torch.no_grad()
+def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader: Iterable, calib_batches:
+                     Iterable[torch.Tensor] | None = None, *, input_shape: Sequence[int] | None = None,
+                     max_batches: int | None = None) -> dict[str, float]:
+    """``{"accuracy", "nll", "n"}`` of ``config`` / ``model`` on ``loader`` (as :func:`evaluate`).
+
+    ``nll`` is the mean cross-entropy of the true labels. On a small validation split it separates
+    subnets far better than top-1 accuracy, which moves in steps of ``1 / n`` and saturates (the accuracy
+    predictor ranks subnets on it, see :mod:`fitplan.predictors.accuracy`).
+    """
     if calib_batches is not None:
         recalibrate_bn(model, config, calib_batches, input_shape=input_shape)
     elif config is not None and hasattr(model, "set_active"):
@@ -545,16 +559,18 @@ def evaluate(model: nn.Module, config: Mapping[str, Any] | None, loader: Iterabl
     device = next(model.parameters()).device
     model.eval()
     correct = total = 0
+    nll = 0.0
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(device), y.to(device)
         logits = model(resize_for_shape(x, shape) if shape else x)
         correct += int((logits.argmax(-1) == y).sum())
+        nll += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         total += int(y.numel())
     if total == 0:
         raise ConfigError("loader", "is empty")
-    return correct / total
+    return {"accuracy": correct / total, "nll": nll / total, "n": total}
 
 
 # ----------------------------------------------------------------------------------------- weights only
