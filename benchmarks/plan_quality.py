@@ -181,6 +181,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     from fitplan.planner.api import PlanRequest, finish, prepare, run_search
     from fitplan.planner.budget import Budget
     from fitplan.planner.materialize import build_model, build_teacher
+    from fitplan.hw_profiles.measure import config_key
     from fitplan.planner.predict import measure_latency
     from fitplan.planner.search import SearchProblem, check_feasible
     from fitplan.search_spaces.training import evaluate, finetune
@@ -191,7 +192,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
         opts.update(width_mult=0.25, resolutions=[16, 20], depth_choices=[2, 3], expand_choices=[3, 4],
                     kernel_choices=[3, 5])
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
-        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs, accuracy_subnets=24)
+        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
                        space_options=opts, quick=quick, top_k=3, **train)
     ctx = prepare(base)
@@ -240,7 +241,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             shape = space.input_shape(ucfg)
             m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
             finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
-                     checkpoint_dir=c.out_dir / "uniform_ckpt", max_steps=train.get("max_train_steps"),
+                     checkpoint_dir=c.out_dir / f"uniform_ckpt_{config_key(ucfg)}", max_steps=train.get("max_train_steps"),
                      device="cpu")
             base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
                                            for k2 in ("ks", "e", "d", "r")},
@@ -252,6 +253,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
                      "accuracy": p.measured["accuracy"]["value"], "predicted_ms": p.predicted["latency_ms"],
                      **base_row})
     return {"full_ms": full, "smallest_ms": low, "rows": rows, "space": space.spec(),
+            "test_images": int(ctx.data.info.sizes["test"]),
             "latency_by": ctx.evaluator.predicted_by["latency_ms"], "accuracy_by": ctx.evaluator.predicted_by["accuracy"],
             "notes": ctx.notes}
 
@@ -274,6 +276,14 @@ def print_budgets(res: dict) -> None:
               f"| {'yes' if r['met'] else 'NO'} "
               f"| {r['accuracy']:.4f} | {tuple(u.values()) if u else '-'} | "
               f"{r.get('uniform_latency_ms', float('nan')):.3f} | {r.get('uniform_accuracy', float('nan')):.4f} |")
+    pairs = [(r["accuracy"], r["uniform_accuracy"]) for r in rows if "uniform_accuracy" in r and "accuracy" in r]
+    if pairs:
+        n_test = res.get("test_images", 1000)
+        d = np.asarray([a - b for a, b in pairs])
+        se = float(np.sqrt(2 * np.mean([a * (1 - a) for a, _ in pairs]) / n_test))  # SE of one difference
+        print(f"plan - uniform accuracy: mean {d.mean():+.4f} over {len(d)} budgets (SE of one difference on "
+              f"{n_test} test images ~{se:.4f}); plan ahead by > 1 SE at {int((d > se).sum())}, behind by > 1 SE "
+              f"at {int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}")
 
 
 def main(argv=None) -> int:
