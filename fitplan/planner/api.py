@@ -454,6 +454,8 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
             ranked = _verify(ctx, entries, notes)
         except InfeasibleBudgetError as first_error:
             ranked = _reverify_tightened(ctx, entries, notes, first_error)
+        else:
+            ranked = _refine_with_measurements(ctx, entries, ranked, notes)
         chosen = _gate_exported(ctx, ranked, calib_for, notes)
     elif verify:
         chosen = entries[0]
@@ -606,7 +608,7 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
             msg += f" (lowest measured: {best['measured']['latency_ms']['value']:.3f} ms, predicted " \
                    f"{best['predicted']['latency_ms']:.3f} ms)"
         raise InfeasibleBudgetError(msg + "; the predictor is optimistic for this device: relax the budget")
-    passed.sort(key=lambda e: (-round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]))
+    passed.sort(key=_rank_key)
     n_bad = sum(1 for e in entries if (e["measured"].get("latency_ms") or {}).get("value") is not None
                 and e["measured"]["latency_ms"]["value"] > accept)
     if n_bad:
@@ -679,6 +681,68 @@ def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: 
         entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
         return ranked
     raise error
+
+
+def _rank_key(e: dict[str, Any]) -> tuple[float, float]:
+    """Verified candidates: most accurate (predicted) first, then the lowest measured latency."""
+    return -round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]
+
+
+def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
+                              notes: list[str]) -> list[dict[str, Any]]:
+    """Close the loop when verification showed the latency predictor is biased where the budget is.
+
+    If candidates predicted *more accurate* than the best verified one broke the budget on the real
+    runtime, the search spent its effort on a region the device cannot afford, and the region it can afford
+    may be under-explored. Fit ``log(measured / predicted) = a + b log(predicted)`` on every candidate
+    measured so far, search again (vectorised NSGA-II, not written to the study) with latency predictions
+    corrected by it and the true budget, verify the new candidates on the real runtime and merge them with
+    the verified ones. Predicted values recorded in the plan stay the predictor's own."""
+    from dataclasses import replace
+
+    from fitplan.planner.search import archive_front, evolve
+
+    accept = ctx.problem.limits["latency_ms"] * (1.0 - ctx.request.latency_margin)
+    measured = [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
+    best = ranked[0]["predicted"]["accuracy"]
+    missed = [e for e in measured if e["predicted"]["accuracy"] > best and e["measured"]["latency_ms"]["value"] > accept]
+    if not missed or len(measured) < 3:
+        return ranked
+    x = np.log([e["predicted"]["latency_ms"] for e in measured])
+    y = np.log([e["measured"]["latency_ms"]["value"] for e in measured]) - x
+    b = float(np.cov(x, y, bias=True)[0, 1] / np.var(x)) if np.var(x) > 1e-6 else 0.0
+    b = float(np.clip(b, -0.5, 0.5))
+    a = float(np.mean(y) - b * np.mean(x))
+    raw = ctx.evaluator.latency_predict
+
+    def corrected(configs: Any) -> np.ndarray:
+        p = np.asarray(raw(configs), dtype=np.float64)
+        return p * np.exp(a + b * np.log(np.maximum(p, 1e-9)))
+
+    prob = SearchProblem(ctx.space, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, ctx.problem.restrict)
+    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=ctx.request.seed + 11, progress=False)
+    idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
+    known = {json.dumps(e["config"], sort_keys=True) for e in measured}
+    cfgs = [c for c in prob.decode_genotypes(res.genotypes[idx]) if json.dumps(c, sort_keys=True) not in known]
+    new: list[dict[str, Any]] = []
+    if cfgs:
+        metrics, _, _ = ctx.problem.score(cfgs)
+        new = [_entry(ctx.problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
+        new = [e for e in new if e["predicted"]["accuracy"] > best]
+        new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+    more: list[dict[str, Any]] = []
+    if new:
+        try:
+            more = _verify(ctx, new, notes)
+        except InfeasibleBudgetError:
+            more = []
+        entries.extend(new)
+    notes.append(f"verify: {len(missed)} candidate(s) predicted more accurate than the best verified one broke the "
+                 f"budget when measured; latency re-predicted as predicted x exp({a:+.3f} {b:+.3f} log predicted) "
+                 f"(fitted on {len(measured)} measured candidates) and searched again: "
+                 f"{len(new)} new candidate(s) predicted more accurate, {len([e for e in new if e['measured']])} "
+                 f"measured, {len(more)} within the budget")
+    return sorted(ranked + more, key=_rank_key)
 
 
 def _measure_artifact(ctx: PlanContext, path: str, shape: Any) -> dict[str, Any]:

@@ -130,15 +130,15 @@ def test_verify_skips_budget_breakers_and_retightens(tmp_path, fake_latency, mon
     assert p.predicted["latency_ms"] <= 0.03 + 1e-9
 
 
-def _local_stage(tmp_path, monkeypatch, artifact_ms, **kw):
-    """Stage API on the tiny space with a fake local runtime: candidates measure at their analytic latency,
-    exported files at ``artifact_ms(call_index)``."""
+def _local_stage(tmp_path, monkeypatch, artifact_ms, bias=lambda cfg: 1.0, **kw):
+    """Stage API on the tiny space with a fake local runtime: candidates measure at their analytic latency
+    times ``bias(config)``, exported files at ``artifact_ms(call_index)``."""
     import fitplan.planner.api as api
     import fitplan.planner.predict as P
     from _spaces import analytic_latency
 
     def fake_measure(space, config, profile, **k):
-        v = float(analytic_latency(space)([space.validate(config)])[0])
+        v = float(analytic_latency(space)([space.validate(config)])[0]) * bias(space.validate(config))
         return {"value": v, "status": "ok", "method": "measured: fake runtime (test)"}
 
     calls = []
@@ -173,6 +173,20 @@ def test_gate_skips_candidate_whose_export_breaks_budget(tmp_path, fake_latency,
     assert p.measured["latency_ms_exported"]["value"] <= 0.06 and p.checks["budget_met_measured_exported"]
     gated = [e for e in p.pareto if "latency_ms_exported_gate" in e["measured"]]
     assert len(gated) == 2 and gated[0]["measured"]["latency_ms_exported_gate"]["value"] == 1.0
+
+
+def test_verify_refines_when_more_accurate_candidates_broke_the_budget(tmp_path, fake_latency, monkeypatch):
+    """The runtime is 1.8x slower than predicted at the larger resolution only: the most accurate candidates
+    break the budget, smaller ones pass. The planner fits a latency correction on what it measured, searches
+    again, verifies the new candidates and still returns a measured-feasible plan."""
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, bias=lambda c: 1.8 if c["r"] == 12 else 1.0)
+    p = finish(ctx, study)
+    refine = [n for n in p.notes if "re-predicted" in n]
+    assert refine and "searched again" in refine[0]
+    assert p.measured["latency_ms"]["value"] <= 0.06 * (1 - ctx.request.latency_margin)
+    measured = [e for e in p.pareto if e["measured"].get("latency_ms")]
+    best_failed = max(e["predicted"]["accuracy"] for e in measured if e["measured"]["latency_ms"]["value"] > 0.057)
+    assert best_failed > p.predicted["accuracy"]  # the trigger: a more accurate candidate broke the budget
 
 
 def test_final_retiming_over_budget_returns_no_plan_and_next_run_moves_on(tmp_path, fake_latency, monkeypatch):
