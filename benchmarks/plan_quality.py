@@ -15,8 +15,8 @@ trained once; for 5 latency budgets (fractions of the largest subnet's measured 
 verifies, fine-tunes and exports a subnet; reported: measured latency of the verified candidate and of the
 exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
-resolution: the largest uniform config whose measured latency is <= the plan's measured latency), fine-tuned
-identically.
+resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
+measured latency), fine-tuned identically.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
 
@@ -163,7 +163,7 @@ def print_search(res: dict) -> None:
 def uniform_configs(space):
     dims = space.dimensions
     out = []
-    for k in (sorted(space.kernel_choices)[len(space.kernel_choices) // 2],):  # middle kernel everywhere
+    for k in space.kernel_choices:
         for e in space.expand_choices:
             for d in space.depth_choices:
                 for r in dims["r"].choices:

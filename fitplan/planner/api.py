@@ -645,82 +645,42 @@ def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Ca
                                 "once exported; relax the budget or raise latency_margin")
 
 
-def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str],
-                        error: InfeasibleBudgetError, rounds: int = 2) -> list[dict[str, Any]]:
-    """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here:
-    tighten the *predicted* latency limit by the worst measured/predicted ratio seen, search again (a
-    vectorised NSGA-II run, not written to the shared study, whose constraints keep the true budget) and
-    verify the new candidates against the true budget. Raises the original error if that fails too."""
-    from fitplan.planner.search import archive_front, evolve
-
-    limit = ctx.problem.limits["latency_ms"]
-    measured = [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
-    for r in range(rounds):
-        ratio = max(e["measured"]["latency_ms"]["value"] / e["predicted"]["latency_ms"] for e in measured)
-        tight = ctx.budget.to_dict()
-        tight["latency_ms"] = limit / max(ratio, 1.0) * 0.98
-        prob = SearchProblem(ctx.space, ctx.evaluator, Budget.from_dict(tight), ctx.problem.restrict)
-        res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=ctx.request.seed + 1 + r, progress=False)
-        idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
-        if not idx:
-            break
-        cfgs = prob.decode_genotypes(res.genotypes[idx])
-        metrics, _, _ = ctx.problem.score(cfgs)
-        new = [_entry(ctx.problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
-        new = [e for e in new if _feasible_predicted(ctx.problem, e["predicted"])]
-        new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
-        try:
-            ranked = _verify(ctx, new, notes)
-        except InfeasibleBudgetError:
-            measured = [e for e in new if (e["measured"].get("latency_ms") or {}).get("value")] or measured
-            continue
-        notes.append(f"verify: the predictor was optimistic on this machine (measured/predicted up to "
-                     f"{ratio:.2f}); re-searched with the predicted limit tightened to {tight['latency_ms']:.4g} ms "
-                     f"and verified against the real budget {limit:g} ms")
-        entries.extend(new)
-        entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
-        return ranked
-    raise error
-
-
 def _rank_key(e: dict[str, Any]) -> tuple[float, float]:
     """Verified candidates: most accurate (predicted) first, then the lowest measured latency."""
     return -round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]
 
 
-def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
-                              notes: list[str]) -> list[dict[str, Any]]:
-    """Close the loop when verification showed the latency predictor is biased where the budget is.
+def _measured(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with a measured latency."""
+    return [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
 
-    If candidates predicted *more accurate* than the best verified one broke the budget on the real
-    runtime, the search spent its effort on a region the device cannot afford, and the region it can afford
-    may be under-explored. Fit ``log(measured / predicted) = a + b log(predicted)`` on every candidate
-    measured so far, search again (vectorised NSGA-II, not written to the study) with latency predictions
-    corrected by it and the true budget, verify the new candidates on the real runtime and merge them with
-    the verified ones. Predicted values recorded in the plan stay the predictor's own."""
+
+def _search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: int,
+                      min_accuracy: float = -np.inf) -> tuple[list[dict[str, Any]], str]:
+    """Search again with latency predictions corrected by what the real runtime measured.
+
+    Fits ``log(measured / predicted) = a + b log(predicted)`` on the measured candidates (a robust least
+    squares fit: one noisy measurement moves it far less than a worst-case ratio would), runs a vectorised
+    NSGA-II (not written to the study) with corrected latency and the true budget, and returns the new
+    (unmeasured) front entries predicted more accurate than ``min_accuracy``, best first, with a note of the
+    correction. Predicted values in the entries stay the predictor's own."""
     from dataclasses import replace
 
     from fitplan.planner.search import archive_front, evolve
 
-    accept = ctx.problem.limits["latency_ms"] * (1.0 - ctx.request.latency_margin)
-    measured = [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
-    best = ranked[0]["predicted"]["accuracy"]
-    missed = [e for e in measured if e["predicted"]["accuracy"] > best and e["measured"]["latency_ms"]["value"] > accept]
-    if not missed or len(measured) < 3:
-        return ranked
     x = np.log([e["predicted"]["latency_ms"] for e in measured])
     y = np.log([e["measured"]["latency_ms"]["value"] for e in measured]) - x
-    b = float(np.cov(x, y, bias=True)[0, 1] / np.var(x)) if np.var(x) > 1e-6 else 0.0
-    b = float(np.clip(b, -0.5, 0.5))
-    a = float(np.mean(y) - b * np.mean(x))
+    b = float(np.clip(np.cov(x, y, bias=True)[0, 1] / np.var(x), -0.5, 0.5)) if len(x) > 2 and np.var(x) > 1e-6 else 0.0
+    r = y - b * x
+    a = float(np.median(r))
     raw = ctx.evaluator.latency_predict
 
     def corrected(configs: Any) -> np.ndarray:
-        p = np.asarray(raw(configs), dtype=np.float64)
-        return p * np.exp(a + b * np.log(np.maximum(p, 1e-9)))
+        pr = np.asarray(raw(configs), dtype=np.float64)
+        return pr * np.exp(a + b * np.log(np.maximum(pr, 1e-12)))
 
     prob = SearchProblem(ctx.space, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, ctx.problem.restrict)
-    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=ctx.request.seed + 11, progress=False)
+    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
     idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
     known = {json.dumps(e["config"], sort_keys=True) for e in measured}
     cfgs = [c for c in prob.decode_genotypes(res.genotypes[idx]) if json.dumps(c, sort_keys=True) not in known]
@@ -728,20 +688,63 @@ def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], r
     if cfgs:
         metrics, _, _ = ctx.problem.score(cfgs)
         new = [_entry(ctx.problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
-        new = [e for e in new if e["predicted"]["accuracy"] > best]
+        new = [e for e in new if _feasible_predicted(ctx.problem, {**e["predicted"], "latency_ms": 0.0})
+               and e["predicted"]["accuracy"] > min_accuracy]
         new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+    how = (f"latency re-predicted as predicted x exp({a:+.3f} {b:+.3f} log predicted), fitted on {len(measured)} "
+           "measured candidates")
+    return new, how
+
+
+def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str],
+                        error: InfeasibleBudgetError, rounds: int = 2) -> list[dict[str, Any]]:
+    """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here:
+    search again with latency corrected by the measurements (:func:`_search_corrected`) and verify the new
+    candidates against the true budget; each failed round adds its measurements to the fit. Raises the
+    original error if that fails too."""
+    limit = ctx.problem.limits["latency_ms"]
+    measured = _measured(entries)
+    for r in range(rounds):
+        new, how = _search_corrected(ctx, measured, ctx.request.seed + 1 + r)
+        if not new:
+            break
+        entries.extend(new)
+        try:
+            ranked = _verify(ctx, new, notes)
+        except InfeasibleBudgetError:
+            measured += _measured(new)
+            continue
+        notes.append(f"verify: the predictor was optimistic on this machine (every first candidate broke the budget "
+                     f"{limit:g} ms when measured); {how}; searched again and verified against the real budget")
+        return ranked
+    raise error
+
+
+def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
+                              notes: list[str]) -> list[dict[str, Any]]:
+    """Close the loop when verification showed the latency predictor is biased where the budget is.
+
+    If candidates predicted *more accurate* than the best verified one broke the budget on the real
+    runtime, the search spent its effort on a region the device cannot afford, and the region it can
+    afford may be under-explored: search again with corrected latency (:func:`_search_corrected`), verify
+    the new candidates that are predicted more accurate than the best verified one, and merge them."""
+    accept = ctx.problem.limits["latency_ms"] * (1.0 - ctx.request.latency_margin)
+    measured = _measured(entries)
+    best = ranked[0]["predicted"]["accuracy"]
+    missed = [e for e in measured if e["predicted"]["accuracy"] > best and e["measured"]["latency_ms"]["value"] > accept]
+    if not missed or len(measured) < 3:
+        return ranked
+    new, how = _search_corrected(ctx, measured, ctx.request.seed + 11, min_accuracy=best)
     more: list[dict[str, Any]] = []
     if new:
+        entries.extend(new)
         try:
             more = _verify(ctx, new, notes)
         except InfeasibleBudgetError:
             more = []
-        entries.extend(new)
     notes.append(f"verify: {len(missed)} candidate(s) predicted more accurate than the best verified one broke the "
-                 f"budget when measured; latency re-predicted as predicted x exp({a:+.3f} {b:+.3f} log predicted) "
-                 f"(fitted on {len(measured)} measured candidates) and searched again: "
-                 f"{len(new)} new candidate(s) predicted more accurate, {len([e for e in new if e['measured']])} "
-                 f"measured, {len(more)} within the budget")
+                 f"budget when measured; {how}; searched again: {len(new)} new candidate(s) predicted more "
+                 f"accurate, {len(_measured(new))} measured, {len(more)} within the budget")
     return sorted(ranked + more, key=_rank_key)
 
 
