@@ -410,7 +410,7 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     metrics, _, _ = problem.score(configs)
     entries = [_entry(problem, c, metrics, i, t.number) for i, (c, t) in enumerate(zip(configs, front))]
     entries = [e for e in entries if _feasible_predicted(problem, e["predicted"])]  # the final choice is checked
-    entries.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+    entries.sort(key=_predicted_key)
     if not entries:
         raise InfeasibleBudgetError(_closest_violation(study, problem))
 
@@ -582,7 +582,7 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
 
     req = ctx.request
     limit = ctx.problem.limits["latency_ms"]
-    accept = limit * (1.0 - req.latency_margin)
+    accept = _accept_ms(ctx)
     rule = timing_rule(req.quick)
     threads = int(ctx.profile.runtime.threads or 1)
     passed: list[dict[str, Any]] = []
@@ -645,6 +645,16 @@ def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Ca
                                 "once exported; relax the budget or raise latency_margin")
 
 
+def _predicted_key(e: dict[str, Any]) -> tuple[float, float]:
+    """Front entries: most accurate (predicted) first, then the lowest predicted latency."""
+    return -e["predicted"]["accuracy"], e["predicted"]["latency_ms"]
+
+
+def _accept_ms(ctx: PlanContext) -> float:
+    """The measured latency a candidate must not exceed: the budget less ``latency_margin``."""
+    return ctx.problem.limits["latency_ms"] * (1.0 - ctx.request.latency_margin)
+
+
 def _rank_key(e: dict[str, Any]) -> tuple[float, float]:
     """Verified candidates: most accurate (predicted) first, then the lowest measured latency."""
     return -round(e["predicted"]["accuracy"], 4), e["measured"]["latency_ms"]["value"]
@@ -690,7 +700,7 @@ def _search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: in
         new = [_entry(ctx.problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
         new = [e for e in new if _feasible_predicted(ctx.problem, {**e["predicted"], "latency_ms": 0.0})
                and e["predicted"]["accuracy"] > min_accuracy]
-        new.sort(key=lambda e: (-e["predicted"]["accuracy"], e["predicted"]["latency_ms"]))
+        new.sort(key=_predicted_key)
     how = (f"latency re-predicted as predicted x exp({a:+.3f} {b:+.3f} log predicted), fitted on {len(measured)} "
            "measured candidates")
     return new, how
@@ -709,6 +719,7 @@ def _reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: 
         if not new:
             break
         entries.extend(new)
+        entries.sort(key=_predicted_key)
         try:
             ranked = _verify(ctx, new, notes)
         except InfeasibleBudgetError:
@@ -728,7 +739,7 @@ def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], r
     runtime, the search spent its effort on a region the device cannot afford, and the region it can
     afford may be under-explored: search again with corrected latency (:func:`_search_corrected`), verify
     the new candidates that are predicted more accurate than the best verified one, and merge them."""
-    accept = ctx.problem.limits["latency_ms"] * (1.0 - ctx.request.latency_margin)
+    accept = _accept_ms(ctx)
     measured = _measured(entries)
     best = ranked[0]["predicted"]["accuracy"]
     missed = [e for e in measured if e["predicted"]["accuracy"] > best and e["measured"]["latency_ms"]["value"] > accept]
@@ -738,6 +749,7 @@ def _refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], r
     more: list[dict[str, Any]] = []
     if new:
         entries.extend(new)
+        entries.sort(key=_predicted_key)
         try:
             more = _verify(ctx, new, notes)
         except InfeasibleBudgetError:

@@ -85,12 +85,6 @@ def measure_subnet_metrics(supernet: nn.Module, configs: Sequence[Mapping[str, A
     return {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in ("accuracy", "nll")}
 
 
-def measure_subnets(supernet: nn.Module, configs: Sequence[Mapping[str, Any]], val_loader: Iterable,
-                    calib_batches: Sequence[torch.Tensor], *, desc: str = "subnets") -> np.ndarray:
-    """Top-1 accuracy of each (architecture) config on ``val_loader``, BN recalibrated per subnet."""
-    return measure_subnet_metrics(supernet, configs, val_loader, calib_batches, desc=desc)["accuracy"]
-
-
 def measure_compressed(supernet: nn.Module, config: Mapping[str, Any], val_loader: Iterable,
                        calib_batches: Sequence[torch.Tensor]) -> float:
     """Accuracy of a compressed config without fine-tuning: extract (BN recalibrated for the arch),

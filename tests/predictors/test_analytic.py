@@ -60,6 +60,17 @@ def _samples(configs, y):
     return [{"arch": c, "latency_ms": float(v)} for c, v in zip(configs, y)]
 
 
+def _fit_noisy(space, true, seed, noise_seed, n=21, n_test=90, noise=0.03, b=0.2):
+    """Fit on ``n`` configs of a known truth with ``noise`` log-normal noise; score on ``n_test`` others.
+    Returns ``(configs, y, model, truth on the test configs, test configs, abs. percentage errors)``."""
+    configs = _configs(space, n, seed=seed)
+    y = _truth(space, configs, true, b=b) * np.exp(np.random.default_rng(noise_seed).normal(0.0, noise, n))
+    test = _configs(space, n_test, seed=seed + 1)
+    truth = _truth(space, test, true, b=b)
+    m = CostModelPredictor.fit(space, _samples(configs, y))
+    return configs, y, m, truth, test, np.abs(m.predict(test) / truth - 1)
+
+
 @pytest.fixture(scope="module")
 def ofa():
     return create_space("ofa_mbv3")
@@ -154,12 +165,7 @@ def test_recovers_slow_int8_depthwise_from_few_samples(ofa):
     mixed) recover it; with the depthwise coefficients tied to the dense ones (the single-MAC model) the
     error is several times larger."""
     true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0]), "bits=8": np.array([0.08, 0.32, 0.0, 0.06, 0.0])}
-    configs = _configs(ofa, 21, seed=20)
-    y = _truth(ofa, configs, true, b=0.2) * np.exp(np.random.default_rng(0).normal(0.0, 0.03, 21))
-    test = _configs(ofa, 90, seed=21)
-    truth = _truth(ofa, test, true, b=0.2)
-    m = CostModelPredictor.fit(ofa, _samples(configs, y))
-    ape = np.abs(m.predict(test) / truth - 1)
+    configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=20, noise_seed=0)
     assert np.median(ape) < 0.015 and ape.max() < 0.08
     # the reported factor is the int8 units' cost relative to fp32 (> 2: their depthwise convs are slower)
     x8 = UnitFeaturizer(ofa).design(configs, ["fp32", "bits=8"])[0][:, 1 + len(UNIT_FEATURES):]
@@ -216,12 +222,7 @@ def test_recovers_extra_int8_strided_depthwise_cost(ofa):
     depthwise kernels on x86; on this machine's dataset the feature raised int8 within ±10 % by ~5-8 points):
     21 samples with 3 % noise recover the extra cost (fp32's stays 0)."""
     true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0]), "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.4])}
-    configs = _configs(ofa, 21, seed=30)
-    y = _truth(ofa, configs, true, b=0.2) * np.exp(np.random.default_rng(1).normal(0.0, 0.03, 21))
-    test = _configs(ofa, 90, seed=31)
-    truth = _truth(ofa, test, true, b=0.2)
-    m = CostModelPredictor.fit(ofa, _samples(configs, y))
-    ape = np.abs(m.predict(test) / truth - 1)
+    _, _, m, truth, test, ape = _fit_noisy(ofa, true, seed=30, noise_seed=1)
     assert m.coef["fp32"][-1] == 0.0
     assert m.coef["bits=8"][-1] == pytest.approx(0.4, rel=0.3)
     assert np.median(ape) < 0.02 and ape.max() < 0.08
