@@ -16,7 +16,9 @@ verifies, fine-tunes and exports a subnet; reported: measured latency of the ver
 exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
 resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
-measured latency), fine-tuned identically.
+measured latency), fine-tuned identically. The planner itself also verifies the largest uniform configs
+predicted to fit (``uniform_candidates``) and ranks verified candidates by measured validation top-1, so
+column "plan from" says whether the plan is a searched or a uniform config.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
 
@@ -160,20 +162,6 @@ def print_search(res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- budgets part
-def uniform_configs(space):
-    dims = space.dimensions
-    out = []
-    for k in space.kernel_choices:
-        for e in space.expand_choices:
-            for d in space.depth_choices:
-                for r in dims["r"].choices:
-                    cfg = {"ks": [k] * dims["ks"].length, "e": [e] * dims["e"].length, "d": [d] * dims["d"].length,
-                           "r": r}
-                    if space.is_valid(cfg):
-                        out.append(space.validate(cfg))
-    return out
-
-
 def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1) -> dict:
     import copy
 
@@ -202,7 +190,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     low = measure_latency(space, space.smallest(), prof, supernet=ctx.supernet, rule=rule)["value"]
     # 5 budgets spread over the measured range [smallest subnet, largest subnet]
     fractions = [0.2, 0.35, 0.5, 0.65, 0.8]
-    uniform = uniform_configs(space)
+    uniform = space.uniform_configs()
     uni_lat = {}
     for cfg in uniform:
         uni_lat[json.dumps(cfg, sort_keys=True)] = measure_latency(space, cfg, prof, supernet=ctx.supernet,
@@ -251,6 +239,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
         rows.append({"fraction": f, "budget_ms": budget, "measured_ms": lat, "exported_ms": exported,
                      "met": lat <= budget and exported <= budget,
                      "accuracy": p.measured["accuracy"]["value"], "predicted_ms": p.predicted["latency_ms"],
+                     "source": next((e.get("source", "search") for e in p.pareto if e.get("chosen")), "search"),
                      **base_row})
     return {"full_ms": full, "smallest_ms": low, "rows": rows, "space": space.spec(),
             "test_images": int(ctx.data.info.sizes["test"]),
@@ -264,9 +253,9 @@ def print_budgets(res: dict) -> None:
     print(f"\n## Budgets on this CPU (ofa_mbv3 small, MNIST-5k): subnets {res['smallest_ms']:.3f} .. "
           f"{res['full_ms']:.3f} ms measured; budget met (measured) {met}/{len(rows)}")
     print(f"latency: {res['latency_by'][:160]}\naccuracy: {res['accuracy_by'][:160]}")
-    print("| budget ms | predicted ms | verified ms | exported ms | met | plan acc | uniform baseline (ks,e,d,r) "
-          "| uniform ms | uniform acc |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| budget ms | predicted ms | verified ms | exported ms | met | plan acc | plan from | uniform baseline "
+          "(ks,e,d,r) | uniform ms | uniform acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['budget_ms']:.3f} | error: {r['error'][:80]} |")
@@ -274,7 +263,7 @@ def print_budgets(res: dict) -> None:
         u = r.get("uniform_config")
         print(f"| {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | {r['exported_ms']:.3f} "
               f"| {'yes' if r['met'] else 'NO'} "
-              f"| {r['accuracy']:.4f} | {tuple(u.values()) if u else '-'} | "
+              f"| {r['accuracy']:.4f} | {r.get('source', '-')} | {tuple(u.values()) if u else '-'} | "
               f"{r.get('uniform_latency_ms', float('nan')):.3f} | {r.get('uniform_accuracy', float('nan')):.4f} |")
     pairs = [(r["accuracy"], r["uniform_accuracy"]) for r in rows if "uniform_accuracy" in r and "accuracy" in r]
     if pairs:

@@ -28,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto", help="auto, optuna or evolve")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5, help="candidates verified on the real runtime (local)")
+    p.add_argument("--uniform-candidates", type=int, default=2,
+                   help="uniformly scaled architectures verified beside the searched candidates (default 2; 0 = off)")
+    p.add_argument("--no-validate-candidates", dest="validate_candidates", action="store_false",
+                   help="rank verified candidates by predicted accuracy only (default: by measured validation top-1)")
     p.add_argument("--latency-margin", type=float, default=0.05,
                    help="headroom below a latency budget required when measured on the real runtime (default 0.05)")
     p.add_argument("--supernet-epochs", type=int, default=3)
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
               if getattr(args, k) is not None}
     budget["batch_size"] = args.batch_size
     options = dict(out_dir=args.out, n_trials=args.trials, sampler=args.sampler, engine=args.engine, seed=args.seed,
-                   top_k=args.top_k, latency_margin=args.latency_margin, supernet_epochs=args.supernet_epochs,
+                   top_k=args.top_k, uniform_candidates=args.uniform_candidates,
+                   validate_candidates=args.validate_candidates, latency_margin=args.latency_margin, supernet_epochs=args.supernet_epochs,
                    finetune_epochs=args.finetune_epochs,
                    space_options=_space_options(args.space_option), quick=args.quick)
     # --json: stdout carries the Plan JSON only; anything else printed meanwhile goes to stderr

@@ -53,6 +53,13 @@ class PlanRequest:
         n_trials: trials for :func:`plan` (``run_search`` takes its own count).
         engine: ``auto`` (evolve for >= 2000 trials, else optuna), ``optuna`` or ``evolve``.
         top_k: candidates verified on the real runtime (local devices).
+        uniform_candidates: uniformly scaled architectures (:meth:`SearchSpace.uniform_configs`, the largest
+            predicted to fit) verified beside the searched ones, so that the plan is compared with the plain
+            scaled-down model on measured numbers (0 = off).
+        validate_candidates: with data, rank the verified candidates by their measured top-1 (then
+            cross-entropy) on the validation split, weights shared from the supernet and BN recalibrated,
+            instead of by predicted accuracy alone. A direct measurement ranks subnets better than any
+            predictor fitted to such measurements (``benchmarks/accuracy_predictor.py --n-check``).
         verify: measure candidates (default: when the device is local).
         latency_margin: headroom kept below a latency budget on the real runtime: a candidate passes
             verification only if measured <= budget x (1 - margin). It must exceed the harness's
@@ -77,6 +84,8 @@ class PlanRequest:
     engine: str = "auto"
     population: int = 50
     top_k: int = 5
+    uniform_candidates: int = 2
+    validate_candidates: bool = True
     verify: bool | None = None
     latency_margin: float = 0.05
     supernet_epochs: int = 3
@@ -94,10 +103,12 @@ class PlanRequest:
         SAMPLERS.get(self.sampler)
         if self.engine not in ENGINES:
             raise ConfigError("engine", f"invalid value {self.engine!r}", ENGINES)
-        for name in ("n_trials", "top_k", "supernet_epochs", "finetune_epochs", "population", "train_batch_size"):
+        for name in ("n_trials", "top_k", "uniform_candidates", "supernet_epochs", "finetune_epochs", "population", "train_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
+        if not isinstance(self.validate_candidates, bool):
+            raise ConfigError("validate_candidates", f"must be true or false, got {self.validate_candidates!r}")
         if self.population < 2:
             raise ConfigError("population", "must be >= 2")
         m = self.latency_margin
@@ -456,6 +467,9 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
             ranked = _reverify_tightened(ctx, entries, notes, first_error)
         else:
             ranked = _refine_with_measurements(ctx, entries, ranked, notes)
+        ranked = _add_uniform(ctx, entries, ranked, notes)
+        if req.validate_candidates and raw_calib is not None:
+            ranked = _rank_by_validation(ctx, ranked, calib_for, notes)
         chosen = _gate_exported(ctx, ranked, calib_for, notes)
     elif verify:
         chosen = entries[0]
@@ -572,10 +586,11 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
-    """Measure candidates best-first until ``top_k`` pass the latency budget with ``latency_margin`` of
-    headroom; return those, most accurate first (ties: lower measured latency). Never returns a measured
-    violation."""
+def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str], top_k: int | None = None,
+            max_measure: int | None = None) -> list[dict[str, Any]]:
+    """Measure candidates in order until ``top_k`` (default: the request's) pass the latency budget with
+    ``latency_margin`` of headroom; return those, most accurate first (ties: lower measured latency). Never
+    returns a measured violation."""
     from tqdm.auto import tqdm
 
     from fitplan.planner.predict import measure_latency, timing_rule
@@ -586,7 +601,8 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
     rule = timing_rule(req.quick)
     threads = int(ctx.profile.runtime.threads or 1)
     passed: list[dict[str, Any]] = []
-    max_measure = max(3 * req.top_k, req.top_k + 5)
+    top_k = req.top_k if top_k is None else top_k
+    max_measure = max(3 * top_k, top_k + 5) if max_measure is None else max_measure
     bar = tqdm(entries[:max_measure], desc="verify (measure)", leave=False, disable=req.quick)
     for e in bar:
         m = measure_latency(ctx.space, e["config"], ctx.profile, supernet=ctx.supernet,
@@ -596,7 +612,7 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
             continue
         if m["value"] <= accept:
             passed.append(e)
-        if len(passed) >= req.top_k:
+        if len(passed) >= top_k:
             break
     n_meas = sum(1 for e in entries if e["measured"])
     if not passed:
@@ -615,6 +631,74 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -
         notes.append(f"verify: {n_bad} of {n_meas} measured candidates were above the latency budget less the "
                      f"{req.latency_margin:.0%} noise margin on the real runtime and were skipped")
     return passed
+
+
+def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
+                 notes: list[str]) -> list[dict[str, Any]]:
+    """Verify the largest uniformly scaled architectures predicted to fit (``uniform_candidates`` of them
+    within the budget at most, largest predicted latency first; the prediction corrected by what the
+    searched candidates measured, :func:`_latency_correction`) and merge those that pass with ``ranked``.
+    They are tagged ``"source": "uniform"`` and kept in the plan's candidate list."""
+    n = ctx.request.uniform_candidates
+    if n <= 0:
+        return ranked
+    problem = ctx.problem
+    try:
+        cfgs = ctx.space.uniform_configs()
+    except ConfigError:
+        return ranked
+    known = {json.dumps(e["config"], sort_keys=True) for e in entries}
+    cfgs = [c for c in cfgs if problem.encode_params(c) is not None and json.dumps(c, sort_keys=True) not in known]
+    if not cfgs:
+        return ranked
+    metrics, _, _ = problem.score(cfgs)
+    uni = [_entry(problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
+    # the largest predicted to fit, latency corrected by what the searched candidates measured
+    a, b = _latency_correction(_measured(entries))
+    accept = _accept_ms(ctx)
+    uni = [e for e in uni if _feasible_predicted(problem, {**e["predicted"], "latency_ms": 0.0})
+           and _corrected(np.array([e["predicted"]["latency_ms"]]), a, b)[0] <= accept]
+    uni.sort(key=lambda e: -e["predicted"]["latency_ms"])
+    for e in uni:
+        e["source"] = "uniform"
+    try:
+        passed = _verify(ctx, uni, notes, top_k=n, max_measure=n + 3) if uni else []
+    except InfeasibleBudgetError:
+        passed = []
+    entries.extend(_measured(uni))
+    entries.sort(key=_predicted_key)
+    notes.append(f"verify: {len(_measured(uni))} uniformly scaled architecture(s) measured beside the searched "
+                 f"candidates, {len(passed)} within the budget")
+    return sorted(ranked + passed, key=_rank_key)
+
+
+def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
+                        notes: list[str]) -> list[dict[str, Any]]:
+    """Measure every verified candidate on the validation split as it would be materialised (extracted from
+    the supernet, BN recalibrated, compressed; before fine-tuning) and order them by measured top-1, then
+    cross-entropy, then measured latency. Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
+    from tqdm.auto import tqdm
+
+    from fitplan.planner.materialize import build_model
+    from fitplan.search_spaces.training import evaluate_metrics
+
+    val = ctx.data.loader("val", batch_size=256)
+    n_val = ctx.data.info.sizes.get("val")
+    how = (f"measured: on the {n_val} validation images, weights shared from the supernet, BN recalibrated, "
+           "compression applied, before fine-tuning")
+    for e in tqdm(ranked, desc="validate candidates", leave=False, disable=ctx.request.quick):
+        cfg = e["config"]
+        r = evaluate_metrics(build_model(ctx.space, ctx.supernet, cfg, calib_for(cfg)), None, val,
+                             input_shape=ctx.space.input_shape(cfg))
+        e["measured"]["val_accuracy"] = {"value": float(r["accuracy"]), "method": how + " (top-1)"}
+        e["measured"]["val_nll"] = {"value": float(r["nll"]), "method": how + " (mean cross-entropy)"}
+    out = sorted(ranked, key=lambda e: (-e["measured"]["val_accuracy"]["value"], e["measured"]["val_nll"]["value"],
+                                        e["measured"]["latency_ms"]["value"]))
+    if out and out[0] is not ranked[0]:
+        notes.append(f"validate: the verified candidate ranked first on the validation split (top-1 "
+                     f"{out[0]['measured']['val_accuracy']['value']:.4f}) is not the one predicted most accurate "
+                     f"(top-1 {ranked[0]['measured']['val_accuracy']['value']:.4f}); measured ranking used")
+    return out
 
 
 def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
@@ -665,6 +749,21 @@ def _measured(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in entries if (e["measured"].get("latency_ms") or {}).get("value")]
 
 
+def _latency_correction(measured: list[dict[str, Any]]) -> tuple[float, float]:
+    """``(a, b)`` of ``log(measured / predicted) = a + b log(predicted)`` over measured entries: ``b`` by
+    least squares (clipped to ±0.5, 0 with fewer than 3 points), ``a`` the median offset (robust: one noisy
+    measurement moves it far less than a worst-case ratio would)."""
+    x = np.log([e["predicted"]["latency_ms"] for e in measured])
+    y = np.log([e["measured"]["latency_ms"]["value"] for e in measured]) - x
+    b = float(np.clip(np.cov(x, y, bias=True)[0, 1] / np.var(x), -0.5, 0.5)) if len(x) > 2 and np.var(x) > 1e-6 else 0.0
+    return float(np.median(y - b * x)) if len(x) else 0.0, b
+
+
+def _corrected(pred_ms: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Predicted latency corrected by :func:`_latency_correction`'s fit."""
+    return pred_ms * np.exp(a + b * np.log(np.maximum(pred_ms, 1e-12)))
+
+
 def _search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: int,
                       min_accuracy: float = -np.inf) -> tuple[list[dict[str, Any]], str]:
     """Search again with latency predictions corrected by what the real runtime measured.
@@ -678,16 +777,11 @@ def _search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: in
 
     from fitplan.planner.search import archive_front, evolve
 
-    x = np.log([e["predicted"]["latency_ms"] for e in measured])
-    y = np.log([e["measured"]["latency_ms"]["value"] for e in measured]) - x
-    b = float(np.clip(np.cov(x, y, bias=True)[0, 1] / np.var(x), -0.5, 0.5)) if len(x) > 2 and np.var(x) > 1e-6 else 0.0
-    r = y - b * x
-    a = float(np.median(r))
+    a, b = _latency_correction(measured)
     raw = ctx.evaluator.latency_predict
 
     def corrected(configs: Any) -> np.ndarray:
-        pr = np.asarray(raw(configs), dtype=np.float64)
-        return pr * np.exp(a + b * np.log(np.maximum(pr, 1e-12)))
+        return _corrected(np.asarray(raw(configs), dtype=np.float64), a, b)
 
     prob = SearchProblem(ctx.space, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, ctx.problem.restrict)
     res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)

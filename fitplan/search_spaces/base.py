@@ -19,6 +19,8 @@ valid configs as they are.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -243,6 +245,29 @@ class SearchSpace(ABC):
     def largest(self) -> Config:
         """Largest architecture, uncompressed."""
         return self._extreme(max)
+
+    def uniform_configs(self, limit: int = 20_000) -> list[Config]:
+        """Every valid architecture whose per-layer lists repeat one choice, uncompressed: the uniformly
+        scaled models (same kernel / expand / depth everywhere, one resolution) a user would otherwise try
+        by hand. The planner verifies the largest that fit a budget beside its searched candidates, so a
+        plan is never chosen blind to the plain scaled-down model. ``limit`` caps the product of choices."""
+        dims = self.arch_dimensions()
+        n = math.prod(len(d.choices) for d in dims)
+        if n > limit:
+            raise ConfigError("limit", f"{n} uniform configs of {self.name!r} exceed the limit {limit}")
+        out: list[Config] = []
+        seen: set[str] = set()
+        for combo in itertools.product(*(d.choices for d in dims)):
+            cfg = {d.name: (v if d.length is None else [v] * d.length) for d, v in zip(dims, combo)}
+            cfg = self._repair(cfg)
+            if not self.is_valid(cfg):
+                continue
+            cfg = self.validate(cfg)
+            key = repr(sorted(cfg.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append(cfg)
+        return out
 
     # ----------------------------------------------------------------- params / trials
     def to_params(self, config: Config) -> dict[str, Any]:

@@ -79,6 +79,15 @@ def test_local_plan_with_data_verifies_and_finetunes(tmp_path, fake_latency):
     assert "accuracy" in p.measured and "test images of digits" in p.measured["accuracy"]["method"]
     assert p.checks["budget_met_measured_latency"] is True
     assert any(e["measured"] for e in p.pareto)  # predicted and measured side by side
+    # uniformly scaled architectures were measured beside the searched ones; the verified candidates were
+    # ranked by measured validation top-1 and the chosen one leads that ranking
+    assert any("uniformly scaled architecture" in n for n in p.notes)
+    validated = [e for e in p.pareto if "val_accuracy" in e["measured"]]
+    chosen = next(e for e in p.pareto if e.get("chosen"))
+    assert chosen in validated and "validation images" in chosen["measured"]["val_accuracy"]["method"]
+    if not any(n.startswith("gate:") for n in p.notes):
+        assert chosen["measured"]["val_accuracy"]["value"] == max(e["measured"]["val_accuracy"]["value"]
+                                                                  for e in validated)
     assert (tmp_path / "finetune_ckpt").is_dir() and (tmp_path / "supernet" / "supernet.safetensors").is_file()
     # a saved supernet dir is an accepted model
     p2 = plan(str(tmp_path / "supernet"), make_fake_profile(), {"latency_ms": 0.06}, out_dir=str(tmp_path / "b"),
@@ -222,3 +231,17 @@ def test_finetune_checkpoints_are_per_config(tmp_path):
     assert _finetune_dir(tmp_path, a) != _finetune_dir(tmp_path, b)
     assert _finetune_dir(tmp_path, a) == _finetune_dir(tmp_path, dict(a))
     assert _finetune_dir(tmp_path, a).parent == tmp_path / "finetune_ckpt"
+
+
+def test_latency_correction_fits_measured_over_predicted():
+    from fitplan.planner.api import _corrected, _latency_correction
+
+    pred = np.array([0.1, 0.2, 0.4, 0.8])
+    entries = [{"predicted": {"latency_ms": float(p)}, "measured": {"latency_ms": {"value": float(1.25 * p)}}}
+               for p in pred]
+    a, b = _latency_correction(entries)
+    assert abs(b) < 1e-9 and abs(a - np.log(1.25)) < 1e-9
+    assert np.allclose(_corrected(pred, a, b), 1.25 * pred)
+    entries[0]["measured"]["latency_ms"]["value"] = 10.0  # one wild measurement: the median offset barely moves
+    a2, _ = _latency_correction(entries)
+    assert abs(a2 - np.log(1.25)) < 0.5

@@ -91,3 +91,13 @@ def test_encode_fixed_length(space):
     for seed in range(5):
         f = space.encode(space.sample(seed))
         assert f.shape == (len(names),) and np.isfinite(f).all()
+
+
+def test_uniform_configs_repeat_one_choice_per_list():
+    space = TinySpace()
+    uni = space.uniform_configs()
+    assert len(uni) == 2 * 3  # w in {4, 8} everywhere x 3 resolutions
+    assert all(len(set(c["w"])) == 1 and space.is_valid(c) for c in uni)
+    assert space.smallest() in uni and space.largest() in uni
+    with pytest.raises(ConfigError, match="limit"):
+        space.uniform_configs(limit=5)
