@@ -159,8 +159,18 @@ def nodes_for_modules(onnx_path: str | os.PathLike, module_names: Iterable[str])
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_inputs: np.ndarray,
                   batch: int = 1, nodes_to_quantize: Sequence[str] | None = None) -> Path:
-    """Static int8 QDQ quantization (per-channel weights), calibrated on ``calib_inputs`` ``[n, *input]``."""
+    """Static int8 QDQ quantization, calibrated on ``calib_inputs`` ``[n, *input]``: per-channel int8
+    weights, uint8 activations (U8S8, the layout of the QAT exports of
+    :mod:`fitplan.search_spaces.compression`), after onnxruntime's quantization pre-processing.
+
+    Why both: on an x86 CPU (AVX2, this machine) int8 activations or an un-preprocessed graph (exporter
+    ``Identity`` nodes, unfolded patterns) leave a third of the convs outside ONNX Runtime's
+    ``QLinearConv`` fusion; they then run as float convs between Dequantize/Quantize nodes without the
+    NCHWc float kernels, and the "int8" model measured 2-3x *slower* than fp32. Pre-processed U8S8 fuses
+    every conv (``benchmarks/measure_noise.py --bits 8`` prints the int8/fp32 ratio). Node names survive
+    the pre-processing, so ``nodes_to_quantize`` from :func:`nodes_for_modules` still apply."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     root = logging.getLogger()
     level = root.level
@@ -168,13 +178,16 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     try:
         import onnx
 
-        name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-        quantize_static(str(fp32_path), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+        pre = Path(out_path).with_name(Path(out_path).stem + ".pre.onnx")
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        quantize_static(str(pre), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None)
     finally:
         root.setLevel(level)
+        Path(out_path).with_name(Path(out_path).stem + ".pre.onnx").unlink(missing_ok=True)
     return Path(out_path)
 
 
@@ -269,7 +282,8 @@ def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1,
             scope = f"{len(nodes)} Conv/Gemm/MatMul nodes of the 8-bit units"
         x, calib_note = _calib_array(calib_inputs, input_shape)
         q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, nodes_to_quantize=nodes)
-        note = (f"int8 static QDQ (onnxruntime.quantization, per-channel int8 weights, int8 activations, MinMax "
+        note = (f"int8 static QDQ (onnxruntime.quantization after its pre-processing, per-channel int8 weights, uint8 "
+                f"activations, MinMax "
                 f"calibration on {calib_note}) of {scope}")
         return measure_onnx(q, input_shape, threads=threads, batch=batch, variant="int8", note=note, **rule)
 

@@ -18,18 +18,22 @@ a part of ``dw_macs`` counted again; the launch is counted for active units that
     ms(cfg) = b + Σ_u z_u · w_class(u),      b >= 0, w >= 0
 
 Depthwise MACs are a feature of their own because they run at a very different speed per MAC than dense /
-pointwise ones (low arithmetic intensity), and differently again in int8: on this machine's ONNX Runtime
-(1 thread) an fp32 depthwise MAC costs ~1.5x a dense one, an int8 depthwise MAC ~5x an int8 dense one, so
-the int8/fp32 latency ratio of an MBConv net grows with its kernel sizes and resolution. Spaces without
-depthwise convs have a zero column (its coefficient stays at its tie).
+pointwise ones (low arithmetic intensity), and differently again in int8, so the int8/fp32 latency ratio
+of an MBConv net can change with its kernel sizes and resolution. Spaces without depthwise convs have a zero
+column (its coefficient stays at its tie).
 
 Strided depthwise MACs carry an *extra* cost per MAC, for compressed classes only (fp32's is 0): int8
-stride-2 depthwise convs are much slower per MAC than stride-1 ones on this machine's ONNX Runtime (fitted on
-all 240 configs of the shipped dataset: ~3.5x), so an int8 net's cost depends on how much of its depthwise
-work sits in the stride-2 blocks. Of the per-config quantities tried (SE blocks, hswish, kernel-size mix,
-residual adds, resolution, depth, first/last layers), this one explained most of the int8 residual (in-sample
-share of int8 configs within ±10 %: 52 -> 66 %; per-kernel-size or SE/activation splits: +0-3 points).
-Spaces that leave ``strided_dw_macs`` at 0 have a zero column and fit as before.
+stride-2 depthwise kernels can be much slower per MAC than stride-1 ones, so an int8 net's cost depends on how
+much of its depthwise work sits in the stride-2 blocks. Spaces that leave ``strided_dw_macs`` at 0 have a
+zero column and fit as before. (The figures that motivated the depthwise split and this feature -- int8
+depthwise ~5x an int8 dense MAC, strided ~3.5x -- were fitted on this machine's data measured with
+fitplan's earlier int8 export, which left a third of the convs unfused; since that export was fixed, all-int8
+nets here run at ~1.0x fp32, see :func:`fitplan.hw_profiles.measure.quantize_int8`.)
+
+Mixed-precision graphs: the uncompressed units of a config that also has compressed units form their own
+class :data:`MIXED_BASE_CLASS`, a pure multiple of fp32 (one factor, prior toward 1). On this machine's ONNX
+Runtime their float convs lose the NCHWc kernels and cost ~2.3x (shipped dataset, in-sample); without the
+class, N=20 calibrations put 47 % of all predictions within ±10 % (mixed 4 %), with it 64 % (mixed 29 %).
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
@@ -64,8 +68,9 @@ effect in :meth:`~CostModelPredictor.predict_with_flags` (``unknown="fp32"``) --
 
 State: :meth:`~CostModelPredictor.state_dict` is plain JSON (format ``fitplan.analytic_latency``, version
 :data:`ANALYTIC_FORMAT_VERSION`), storable under ``profile.predictors[space]`` or in a file with
-:meth:`~CostModelPredictor.save`. Version 3 has the five features above; older states (version 2: no
-strided-depthwise feature; version 1: one MAC column) are refused with a :class:`~fitplan.errors.ConfigError`
+:meth:`~CostModelPredictor.save`. Version 4 adds the mixed-graph class :data:`MIXED_BASE_CLASS`; version 3 states
+(the same five features, no such class: mixed configs priced as before) still load; older states (version 2:
+no strided-depthwise feature; version 1: one MAC column) are refused with a :class:`~fitplan.errors.ConfigError`
 asking to recalibrate.
 """
 from __future__ import annotations
@@ -85,12 +90,20 @@ from fitplan.jsonio import check_finite, load_versioned, save_versioned
 from fitplan.predictors.samples import iter_samples
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
-ANALYTIC_FORMAT_VERSION = 3
+ANALYTIC_FORMAT_VERSION = 4
+#: versions :meth:`CostModelPredictor.from_state` reads (3: same features, no mixed-graph class).
+READABLE_VERSIONS = (3, 4)
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
 UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6")
 _FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6])
 #: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
 BASE_CLASS = "fp32"
+#: class of uncompressed units in a config that also has compressed units (a *mixed-precision graph*).
+#: Why apart: on ONNX Runtime's x86 CPU EP the float convs of a QDQ graph that mixes precisions lose the
+#: NCHWc layout kernels the all-float graph gets (layout reorders at every int8/float boundary); on this
+#: machine they cost ~2.4x their all-fp32 cost, while all-int8 nets run at ~1.05x fp32. It is fitted like a
+#: compression class (tied to fp32 by a factor, then shrunk), so a device without the effect fits ~1.
+MIXED_BASE_CLASS = "fp32@mixed"
 #: fewest distinct calibration configs accepted.
 MIN_SAMPLES = 3
 _ACT = UNIT_FEATURES.index("act_elems_1e5")
@@ -114,6 +127,8 @@ class CostModelHyper:
             one in the tied stage.
         lam_dw_strided: shrinkage of a compressed class's extra cost per *strided* depthwise MAC toward 0 in
             the tied stage (fp32 has none: its strided depthwise MACs cost what its other ones do).
+        lam_mixed: prior weight on ``log(s)²`` of the mixed-graph class's factor (:data:`MIXED_BASE_CLASS`):
+            a few mixed samples with ordinary noise then leave it near 1, a real slow-down still shows.
         huber: Huber threshold in robust standard deviations of the relative residuals (0: plain least squares).
         irls_iters: reweighting rounds when ``huber > 0``.
         factor_min, factor_max, factor_grid: log-grid of the per-class factor ``s_c`` (refined to ~1 %).
@@ -124,6 +139,7 @@ class CostModelHyper:
     lam_dw: float = 1.0
     lam_dw_class: float = 0.01
     lam_dw_strided: float = 1.0
+    lam_mixed: float = 0.05
     huber: float = 1.5
     irls_iters: int = 5
     factor_min: float = 0.05
@@ -231,10 +247,15 @@ class UnitFeaturizer:
                ) -> tuple[np.ndarray, list[list[str]]]:
         """Design rows ``[n, 1 + J * len(classes)]`` (intercept, then per class the summed unit features) and,
         per config, the classes of working units that are not in ``classes`` (their features go to the
-        ``fallback`` class's columns when given, else they are dropped)."""
+        ``fallback`` class's columns when given, else they are dropped).
+
+        Uncompressed working units of a config whose other working units are compressed are labelled
+        :data:`MIXED_BASE_CLASS` when ``classes`` has that class or is empty (discovering the labels);
+        states fitted without it (format 3) price them as ``fp32``, as before."""
         j = len(UNIT_FEATURES)
         pos = {c: k for k, c in enumerate(classes)}
         fb = pos.get(fallback, -1) if fallback is not None else -1
+        split_mixed = not classes or MIXED_BASE_CLASS in pos
         n, u, c = len(configs), self._n_units, len(classes)
         z = np.zeros((n, u, j))
         onehot = np.zeros((n, u, c))
@@ -243,7 +264,12 @@ class UnitFeaturizer:
             zi = self._z(cfg)
             z[i] = zi
             miss = set()
-            for k, lab in enumerate(self.classes(cfg)):
+            labels = self.classes(cfg)
+            if split_mixed:
+                working = {lab for k, lab in enumerate(labels) if zi[k].any()}
+                if BASE_CLASS in working and len(working) > 1:
+                    labels = [MIXED_BASE_CLASS if lab == BASE_CLASS else lab for lab in labels]
+            for k, lab in enumerate(labels):
                 col = pos.get(lab, -1)
                 if col < 0:
                     if not zi[k].any():
@@ -311,25 +337,29 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     x[:, 1 + j * base + _SDW] = 0.0  # fp32 has no extra strided-depthwise cost (its coefficient stays 0)
     blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
     comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
+    # compressed classes get their own depthwise / strided-depthwise columns; the mixed-graph class is a pure
+    # multiple of fp32 (its units run the float kernels, only slower)
+    own = [k for k in comp if classes[k] != MIXED_BASE_CLASS]
     factors = {k: 1.0 for k in comp}
     grid = np.exp(np.linspace(math.log(h.factor_min), math.log(h.factor_max), h.factor_grid))
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
-    lam_t = np.concatenate([lam_t, np.zeros(len(comp)), np.full(len(comp), h.lam_dw_strided)])
+    lam_t = np.concatenate([lam_t, np.zeros(len(own)), np.full(len(own), h.lam_dw_strided)])
 
     def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
         # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column, then
         # per compressed class its own extra strided-depthwise-MAC column (shrunk toward 0)]
         merged = blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)
-        merged[:, _DW] = blocks[base][:, _DW]
+        merged[:, _DW] = blocks[base][:, _DW] + sum((fac[k] * blocks[k][:, _DW] for k in comp if k not in own), 0.0)
         merged[:, _SDW] = 0.0
-        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp]
-                             + [blocks[k][:, _SDW] for k in comp])
+        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in own]
+                             + [blocks[k][:, _SDW] for k in own])
         sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
         ties = [(1 + _DW, 1 + _DENSE, h.lam_dw, 1.0)] + [(1 + j + i, 1 + _DW, h.lam_dw_class, fac[k])
-                                                         for i, k in enumerate(comp)]
-        return _nnls_rel(xr, y, wts, lam_t, np.zeros(xr.shape[1]), sc, ties)
+                                                         for i, k in enumerate(own)]
+        w_t, loss = _nnls_rel(xr, y, wts, lam_t, np.zeros(xr.shape[1]), sc, ties)
+        return w_t, loss + sum(h.lam_mixed * math.log(fac[k]) ** 2 for k in comp if k not in own)
 
     for _ in range(2 if len(comp) > 1 else 1):  # coordinate search over the class factors
         for k in comp:
@@ -343,19 +373,25 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     ref = np.zeros(x.shape[1])
     ref[0] = v[0]
     lam = np.zeros(x.shape[1])
+    ties: list[tuple[int, int, float, float]] = []
     for k in range(len(classes)):
         sl = slice(1 + j * k, 1 + j * (k + 1))
         if k == base:
             ref[sl] = v[1:]
             lam[1 + j * k + _ACT] = h.lam_act
             lam[1 + j * k + _DW] = h.lam_dw
-        else:
+        elif k in own:
             ref[sl] = factors[k] * v[1:]
-            ref[1 + j * k + _DW] = vt[1 + j + comp.index(k)]
-            ref[1 + j * k + _SDW] = vt[1 + j + len(comp) + comp.index(k)]
+            ref[1 + j * k + _DW] = vt[1 + j + own.index(k)]
+            ref[1 + j * k + _SDW] = vt[1 + j + len(own) + own.index(k)]
             lam[sl] = h.lam_dev
+        else:  # mixed-graph class: tied to its factor x the (free) fp32 coefficients, feature by feature
+            ref[sl] = factors[k] * v[1:]
+            ties += [(1 + j * k + f, 1 + j * base + f, 1e3, factors[k]) for f in range(j) if f != _SDW]
+            ref[1 + j * k + _SDW] = 0.0
+            lam[1 + j * k + _SDW] = 1e3
     scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
-    w, _ = _nnls_rel(x, y, wts, lam, ref, scale)
+    w, _ = _nnls_rel(x, y, wts, lam, ref, scale, ties)
     coef = {c: w[1 + j * k:1 + j * (k + 1)].copy() for k, c in enumerate(classes)}
     # reported factor: what the class's units of the samples cost relative to fp32 (with depthwise MACs priced
     # apart, the tied s_c alone would understate a class whose depthwise convs are the slow part)
@@ -482,6 +518,8 @@ class CostModelPredictor:
         for labels in present:
             for c in labels:
                 counts[c] = counts.get(c, 0) + 1
+        if BASE_CLASS not in counts and MIXED_BASE_CLASS in counts:  # no all-fp32 sample: no mixed-graph split
+            counts[BASE_CLASS] = counts.pop(MIXED_BASE_CLASS)
         if BASE_CLASS not in counts:
             raise ConfigError("samples", "no sample has uncompressed (32-bit, dense) units: the fp32 costs the "
                                          "compressed classes are tied to are unknown; add fp32 or mixed configs")
@@ -571,12 +609,11 @@ class CostModelPredictor:
         or malformed state."""
         if not isinstance(state, Mapping) or state.get("format") != ANALYTIC_FORMAT:
             raise ConfigError("format", "not a fitplan analytic latency-predictor state", [ANALYTIC_FORMAT])
-        if state.get("format_version") != ANALYTIC_FORMAT_VERSION:
-            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r} (version "
-                                                f"{ANALYTIC_FORMAT_VERSION} adds a compressed class's extra cost "
-                                                "per strided depthwise MAC; "
+        if state.get("format_version") not in READABLE_VERSIONS:
+            raise ConfigError("format_version", f"unsupported version {state.get('format_version')!r} (version 3 "
+                                                "added a compressed class's extra cost per strided depthwise MAC; "
                                                 "recalibrate)",
-                              [ANALYTIC_FORMAT_VERSION])
+                              list(READABLE_VERSIONS))
         if list(state.get("unit_features") or []) != list(UNIT_FEATURES):
             raise ConfigError("unit_features", f"state was made with features {state.get('unit_features')!r}; "
                                                "recalibrate", [list(UNIT_FEATURES)])
@@ -614,7 +651,7 @@ class CostModelPredictor:
     @classmethod
     def load(cls, path: str | Path) -> CostModelPredictor:
         """Read a file written by :meth:`save`."""
-        return cls.from_state(load_versioned(path, ANALYTIC_FORMAT, (ANALYTIC_FORMAT_VERSION,)))
+        return cls.from_state(load_versioned(path, ANALYTIC_FORMAT, READABLE_VERSIONS))
 
 
 def loo_relative_errors(fit_predict: Any, configs: Sequence[Mapping[str, Any]], y: np.ndarray,
@@ -636,6 +673,7 @@ __all__ = [
     "ANALYTIC_FORMAT",
     "ANALYTIC_FORMAT_VERSION",
     "BASE_CLASS",
+    "MIXED_BASE_CLASS",
     "UNIT_FEATURES",
     "CostModelHyper",
     "CostModelPredictor",
