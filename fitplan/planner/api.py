@@ -695,9 +695,12 @@ def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], calib_fo
     out = sorted(ranked, key=lambda e: (-e["measured"]["val_accuracy"]["value"], e["measured"]["val_nll"]["value"],
                                         e["measured"]["latency_ms"]["value"]))
     if out and out[0] is not ranked[0]:
-        notes.append(f"validate: the verified candidate ranked first on the validation split (top-1 "
-                     f"{out[0]['measured']['val_accuracy']['value']:.4f}) is not the one predicted most accurate "
-                     f"(top-1 {ranked[0]['measured']['val_accuracy']['value']:.4f}); measured ranking used")
+        def val(e: dict[str, Any]) -> str:
+            m = e["measured"]
+            return f"top-1 {m['val_accuracy']['value']:.4f}, cross-entropy {m['val_nll']['value']:.4f}"
+
+        notes.append(f"validate: the verified candidate ranked first on the validation split ({val(out[0])}) is "
+                     f"not the one predicted most accurate ({val(ranked[0])}); measured ranking used")
     return out
 
 
