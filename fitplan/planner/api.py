@@ -593,21 +593,15 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str], t
     returns a measured violation."""
     from tqdm.auto import tqdm
 
-    from fitplan.planner.predict import measure_latency, timing_rule
-
     req = ctx.request
     limit = ctx.problem.limits["latency_ms"]
     accept = _accept_ms(ctx)
-    rule = timing_rule(req.quick)
-    threads = int(ctx.profile.runtime.threads or 1)
     passed: list[dict[str, Any]] = []
     top_k = req.top_k if top_k is None else top_k
     max_measure = max(3 * top_k, top_k + 5) if max_measure is None else max_measure
     bar = tqdm(entries[:max_measure], desc="verify (measure)", leave=False, disable=req.quick)
     for e in bar:
-        m = measure_latency(ctx.space, e["config"], ctx.profile, supernet=ctx.supernet,
-                            batch=ctx.budget.batch_size, threads=threads, rule=rule)
-        e["measured"]["latency_ms"] = m
+        m = _measure_candidate(ctx, e)
         if m.get("value") is None:
             continue
         if m["value"] <= accept:
@@ -633,11 +627,22 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str], t
     return passed
 
 
+def _measure_candidate(ctx: PlanContext, e: dict[str, Any]) -> dict[str, Any]:
+    """Measure one candidate on the real runtime; recorded as ``e["measured"]["latency_ms"]``."""
+    from fitplan.planner.predict import measure_latency, timing_rule
+
+    m = measure_latency(ctx.space, e["config"], ctx.profile, supernet=ctx.supernet, batch=ctx.budget.batch_size,
+                        threads=int(ctx.profile.runtime.threads or 1), rule=timing_rule(ctx.request.quick))
+    e["measured"]["latency_ms"] = m
+    return m
+
+
 def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
                  notes: list[str]) -> list[dict[str, Any]]:
     """Verify the largest uniformly scaled architectures predicted to fit (``uniform_candidates`` of them
-    within the budget at most, largest predicted latency first; the prediction corrected by what the
-    searched candidates measured, :func:`_latency_correction`) and merge those that pass with ``ranked``.
+    within the budget at most, ``uniform_candidates + 3`` measurements at most; largest predicted latency
+    first, the prediction corrected by everything measured so far, :func:`_latency_correction`) and merge
+    those that pass with ``ranked``.
     They are tagged ``"source": "uniform"`` and kept in the plan's candidate list."""
     n = ctx.request.uniform_candidates
     if n <= 0:
@@ -652,22 +657,30 @@ def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[d
     if not cfgs:
         return ranked
     metrics, _, _ = problem.score(cfgs)
-    uni = [_entry(problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
-    # the largest predicted to fit, latency corrected by what the searched candidates measured
-    a, b = _latency_correction(_measured(entries))
+    pool = [_entry(problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
+    pool = [e for e in pool if _feasible_predicted(problem, {**e["predicted"], "latency_ms": 0.0})]
     accept = _accept_ms(ctx)
-    uni = [e for e in uni if _feasible_predicted(problem, {**e["predicted"], "latency_ms": 0.0})
-           and _corrected(np.array([e["predicted"]["latency_ms"]]), a, b)[0] <= accept]
-    uni.sort(key=lambda e: -e["predicted"]["latency_ms"])
-    for e in uni:
+    tried: list[dict[str, Any]] = []
+    passed: list[dict[str, Any]] = []
+    for _ in range(n + 3):
+        # the largest predicted to fit, the latency correction refitted on everything measured so far (a uniform
+        # family can sit off the searched candidates' correction: each miss moves it)
+        a, b = _latency_correction(_measured(entries) + _measured(tried))
+        left = [e for e in pool if not e["measured"]
+                and _corrected(np.array([e["predicted"]["latency_ms"]]), a, b)[0] <= accept]
+        if not left:
+            break
+        e = max(left, key=lambda e: e["predicted"]["latency_ms"])
         e["source"] = "uniform"
-    try:
-        passed = _verify(ctx, uni, notes, top_k=n, max_measure=n + 3) if uni else []
-    except InfeasibleBudgetError:
-        passed = []
-    entries.extend(_measured(uni))
+        tried.append(e)
+        value = _measure_candidate(ctx, e).get("value")
+        if value is not None and value <= accept:
+            passed.append(e)
+            if len(passed) >= n:
+                break
+    entries.extend(_measured(tried))
     entries.sort(key=_predicted_key)
-    notes.append(f"verify: {len(_measured(uni))} uniformly scaled architecture(s) measured beside the searched "
+    notes.append(f"verify: {len(_measured(tried))} uniformly scaled architecture(s) measured beside the searched "
                  f"candidates, {len(passed)} within the budget")
     return sorted(ranked + passed, key=_rank_key)
 

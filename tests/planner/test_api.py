@@ -245,3 +245,25 @@ def test_latency_correction_fits_measured_over_predicted():
     entries[0]["measured"]["latency_ms"]["value"] = 10.0  # one wild measurement: the median offset barely moves
     a2, _ = _latency_correction(entries)
     assert abs(a2 - np.log(1.25)) < 0.5
+
+
+def test_uniform_candidates_adapt_the_latency_correction_after_misses(tmp_path, fake_latency, monkeypatch):
+    """Uniformly scaled configs run 1.6x slower than predicted while the searched ones run as predicted: the
+    first uniform picks miss the budget, the correction refitted on them moves to smaller ones, and only
+    measured-feasible uniform configs join the verified candidates."""
+    def uniform(c):
+        return all(len(set(v)) == 1 for v in c.values() if isinstance(v, list) and v and isinstance(v[0], int)
+                   and v is not c.get("bits") and v is not c.get("sparsity"))
+
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, bias=lambda c: 1.6 if uniform(c) else 1.0,
+                                 uniform_candidates=1)
+    p = finish(ctx, study)
+    uni = [e for e in p.pareto if e.get("source") == "uniform"]
+    note = next(n for n in p.notes if "uniformly scaled" in n)
+    assert uni and len(uni) <= 1 + 3 and f"{len(uni)} uniformly scaled" in note
+    accept = 0.06 * (1 - ctx.request.latency_margin)
+    within = [e for e in uni if e["measured"]["latency_ms"]["value"] <= accept]
+    assert note.endswith(f"{len(within)} within the budget") and len(within) <= 1
+    # this seed: a uniform pick misses, a later one (after the refit) fits
+    assert any(e["measured"]["latency_ms"]["value"] > accept for e in uni) and len(within) == 1
+    assert p.measured["latency_ms"]["value"] <= accept
