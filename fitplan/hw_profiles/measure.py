@@ -293,12 +293,22 @@ def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1,
         return measure_onnx(q, input_shape, threads=threads, batch=batch, variant="int8", note=note, **rule)
 
 
-def _active_bits(space: Any, cfg: Mapping[str, Any], module: Any) -> list[tuple[int, list[str]]]:
+def active_unit_bits(space: Any, cfg: Mapping[str, Any], module: Any) -> list[tuple[int, list[str]]]:
+    """``(bits, dotted module names)`` of every active unit of an extracted ``module`` (names empty when the
+    module does not list its units)."""
     units = getattr(module, "fitplan_units", None)
     if units is None:
         active = [u.active for u in space.unit_costs(cfg)]
         return [(b, []) for b, a in zip(cfg["bits"], active) if a]
     return [(b, list(names)) for b, names in zip(cfg["bits"], units) if names]
+
+
+def int8_module_names(active: Sequence[tuple[int, Sequence[str]]]) -> list[str] | None:
+    """Dotted names of the 8-bit units' modules (:func:`active_unit_bits`), or ``None`` when every active
+    unit is 8-bit (quantize the whole graph)."""
+    if all(b == 8 for b, _ in active):
+        return None
+    return [n for b, ns in active if b == 8 for n in ns]
 
 
 def _apply_sparsity(module: Any, cfg: Mapping[str, Any]) -> Any:
@@ -333,7 +343,7 @@ def measure_config(space: Any, config: Mapping[str, Any], profile: HardwareProfi
     cfg = space.validate(config)
     net = supernet if supernet is not None else space.build_supernet()
     module = _apply_sparsity(net.extract(cfg).eval(), cfg)
-    active = _active_bits(space, cfg, module)
+    active = active_unit_bits(space, cfg, module)
     bits = sorted({b for b, _ in active})
     shape = tuple(space.input_shape(cfg))
     if any(b < 8 for b in bits):
@@ -347,9 +357,8 @@ def measure_config(space: Any, config: Mapping[str, Any], profile: HardwareProfi
         m = measure_module(module, shape, threads=thr, batch=bsz, variant="int8", calib_inputs=calib_inputs,
                            **rule)
     else:
-        names = [n for b, ns in active if b == 8 for n in ns]
         m = measure_module(module, shape, threads=thr, batch=bsz, variant="int8", calib_inputs=calib_inputs,
-                           int8_modules=names, **rule)
+                           int8_modules=int8_module_names(active), **rule)
         if m.ok:
             m.variant = "mixed-int8"
     if m.ok and getattr(module, "fitplan_compression", None) is not None:

@@ -586,19 +586,17 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str], top_k: int | None = None,
-            max_measure: int | None = None) -> list[dict[str, Any]]:
-    """Measure candidates in order until ``top_k`` (default: the request's) pass the latency budget with
-    ``latency_margin`` of headroom; return those, most accurate first (ties: lower measured latency). Never
-    returns a measured violation."""
+def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """Measure candidates best-first until ``top_k`` pass the latency budget with ``latency_margin`` of
+    headroom; return those, most accurate first (ties: lower measured latency). Never returns a measured
+    violation."""
     from tqdm.auto import tqdm
 
     req = ctx.request
     limit = ctx.problem.limits["latency_ms"]
     accept = _accept_ms(ctx)
     passed: list[dict[str, Any]] = []
-    top_k = req.top_k if top_k is None else top_k
-    max_measure = max(3 * top_k, top_k + 5) if max_measure is None else max_measure
+    max_measure = max(3 * req.top_k, req.top_k + 5)
     bar = tqdm(entries[:max_measure], desc="verify (measure)", leave=False, disable=req.quick)
     for e in bar:
         m = _measure_candidate(ctx, e)
@@ -606,7 +604,7 @@ def _verify(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str], t
             continue
         if m["value"] <= accept:
             passed.append(e)
-        if len(passed) >= top_k:
+        if len(passed) >= req.top_k:
             break
     n_meas = sum(1 for e in entries if e["measured"])
     if not passed:

@@ -105,6 +105,7 @@ def save_and_export(module: nn.Module, space: Any, config: Mapping[str, Any], ou
     then fake quantisers are baked away for the float export (parametrised modules cannot be deep-copied).
     Returns ``(artifacts, checks)``; ``module`` ends as the plain float model.
     """
+    from fitplan.hw_profiles.measure import active_unit_bits, int8_module_names, nodes_for_modules, quantize_int8
     from fitplan.onnx_utils import export_onnx, max_abs_diff_vs_torch, run_onnx
     from fitplan.search_spaces.compression import finalize
 
@@ -115,8 +116,8 @@ def save_and_export(module: nn.Module, space: Any, config: Mapping[str, Any], ou
         finalize(module)
     artifacts = save_model(module, out_dir, space, config)
     checks: dict[str, Any] = {}
-    bits = [b for b, on in zip(config["bits"], [bool(n) for n in getattr(module, "fitplan_units", [])]) if on] \
-        or list(config["bits"])
+    active = active_unit_bits(space, config, module)
+    bits = [b for b, _ in active]
     int8_ptq = compressed and min(bits) == 8
     fake_quant_ref = None
     if compressed and min(bits) < 8:
@@ -132,18 +133,10 @@ def save_and_export(module: nn.Module, space: Any, config: Mapping[str, Any], ou
     artifacts["model_onnx"] = str(p)
     checks["onnx_max_abs_diff"] = max_abs_diff_vs_torch(module, p, check_x)
     if int8_ptq:
-        p8 = _quantize_8bit_units(module, config, p, out_dir / "model_int8.onnx", check_x)
+        names = int8_module_names(active)
+        p8 = quantize_int8(p, out_dir / "model_int8.onnx", check_x.detach().cpu().numpy(),
+                           nodes_to_quantize=nodes_for_modules(p, names) if names is not None else None)
         artifacts["model_int8_onnx"] = str(p8)
         checks["int8_onnx_max_abs_diff_vs_fake_quant_torch"] = float(np.abs(run_onnx(p8, check_x) - fake_quant_ref).max())
     return artifacts, checks
 
-
-def _quantize_8bit_units(module: nn.Module, config: Mapping[str, Any], fp32_path: Path, out_path: Path,
-                         calib_x: torch.Tensor) -> Path:
-    """Static QDQ int8 of the 8-bit units' nodes of the float export (see the module doc)."""
-    from fitplan.hw_profiles.measure import nodes_for_modules, quantize_int8
-
-    units = getattr(module, "fitplan_units", None) or []
-    names = [n for b, ns in zip(config["bits"], units) if b == 8 for n in ns]
-    nodes = nodes_for_modules(fp32_path, names) if len(names) < sum(len(ns) for ns in units) else None
-    return quantize_int8(fp32_path, out_path, calib_x.detach().cpu().numpy(), batch=1, nodes_to_quantize=nodes)
