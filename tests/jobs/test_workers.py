@@ -160,7 +160,9 @@ def test_two_workers_share_one_study(storage: str, tmp_path: Path, capsys: pytes
 def test_kill9_mid_search_resumes_on_other_worker(storage: str, tmp_path: Path) -> None:
     target = 24
     procs = start_workers(storage, tmp_path, 2)
-    job = submit(selftest_spec(tmp_path, trials=target, samples=250_000, finish_steps=1, finish_samples=1000),
+    # ~0.4 s per trial: long against the time from seeing the victim's RUNNING trial to the kill (a poll and
+    # a study load); with ~0.05 s trials the victim had often finished it and died idle, with nothing to reap
+    job = submit(selftest_spec(tmp_path, trials=target, samples=2_000_000, finish_steps=1, finish_samples=1000),
                  storage)
     try:
         store = JobStore(storage)
