@@ -17,8 +17,11 @@ exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
 resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
 measured latency), fine-tuned identically. The planner itself also verifies the largest uniform configs
-predicted to fit (``uniform_candidates``) and ranks verified candidates by measured validation top-1, so
-column "plan from" says whether the plan is a searched or a uniform config.
+predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
+the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
+searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
+reported with its *paired* standard error (per-image correct/incorrect differences), which is smaller than
+that of two independent accuracies when the two models get mostly the same images right.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
 
@@ -168,7 +171,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     from fitplan.data import calibration_batches, resize_for_shape
     from fitplan.planner.api import PlanRequest, finish, prepare, run_search
     from fitplan.planner.budget import Budget
-    from fitplan.planner.materialize import build_model, build_teacher
+    from fitplan.planner.materialize import build_model, build_teacher, load_model
     from fitplan.hw_profiles.measure import config_key
     from fitplan.planner.predict import measure_latency
     from fitplan.planner.search import SearchProblem, check_feasible
@@ -231,10 +234,17 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
                      checkpoint_dir=c.out_dir / f"uniform_ckpt_{config_key(ucfg)}", max_steps=train.get("max_train_steps"),
                      device="cpu")
+            test = ctx.data.loader("test", batch_size=256)
+            right_u = correct_per_image(m, test, shape)
+            right_p = correct_per_image(load_model(c.out_dir), test, space.input_shape(p.config))
+            diff = right_p.astype(float) - right_u.astype(float)
             base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
                                            for k2 in ("ks", "e", "d", "r")},
                         "uniform_latency_ms": v,
-                        "uniform_accuracy": evaluate(m, None, ctx.data.loader("test", batch_size=256))}
+                        "uniform_accuracy": evaluate(m, None, test),
+                        "paired_diff": float(diff.mean()),
+                        "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                        "plan_accuracy_reloaded": float(right_p.mean())}
         exported = p.measured.get("latency_ms_exported", {}).get("value", lat)
         rows.append({"fraction": f, "budget_ms": budget, "measured_ms": lat, "exported_ms": exported,
                      "met": lat <= budget and exported <= budget,
@@ -265,14 +275,28 @@ def print_budgets(res: dict) -> None:
               f"| {'yes' if r['met'] else 'NO'} "
               f"| {r['accuracy']:.4f} | {r.get('source', '-')} | {tuple(u.values()) if u else '-'} | "
               f"{r.get('uniform_latency_ms', float('nan')):.3f} | {r.get('uniform_accuracy', float('nan')):.4f} |")
-    pairs = [(r["accuracy"], r["uniform_accuracy"]) for r in rows if "uniform_accuracy" in r and "accuracy" in r]
-    if pairs:
+    paired = [r for r in rows if "paired_diff" in r]
+    if paired:
         n_test = res.get("test_images", 1000)
-        d = np.asarray([a - b for a, b in pairs])
-        se = float(np.sqrt(2 * np.mean([a * (1 - a) for a, _ in pairs]) / n_test))  # SE of one difference
-        print(f"plan - uniform accuracy: mean {d.mean():+.4f} over {len(d)} budgets (SE of one difference on "
-              f"{n_test} test images ~{se:.4f}); plan ahead by > 1 SE at {int((d > se).sum())}, behind by > 1 SE "
-              f"at {int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}")
+        d = np.asarray([r["paired_diff"] for r in paired])
+        se = np.asarray([r["paired_se"] for r in paired])
+        per = ", ".join(f"{a:+.4f} ± {b:.4f}" for a, b in zip(d, se))
+        z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
+        print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE): {per}")
+        print(f"mean {d.mean():+.4f} over {len(d)} budgets; plan ahead by > 1 SE at {int((d > se).sum())}, behind "
+              f"by > 1 SE at {int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; "
+              f"summed difference z = {z:+.2f}")
+
+
+def correct_per_image(model, loader, shape) -> np.ndarray:
+    """Boolean per test image (loader order): does ``model`` (inputs resized to ``shape``) get it right."""
+    import torch
+
+    from fitplan.data import resize_for_shape
+
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([(model(resize_for_shape(x, shape)).argmax(-1) == y).numpy() for x, y in loader])
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="uniformly scaled architectures verified beside the searched candidates (default 2; 0 = off)")
     p.add_argument("--no-validate-candidates", dest="validate_candidates", action="store_false",
                    help="rank verified candidates by predicted accuracy only (default: by measured validation top-1)")
+    p.add_argument("--race-candidates", type=int, default=3,
+                   help="with --data: candidates fine-tuned briefly and compared on validation cross-entropy before "
+                        "the full fine-tune (default 3; 0 or 1 = off)")
+    p.add_argument("--race-fraction", type=float, default=0.3,
+                   help="share of the full fine-tune each raced candidate gets (default 0.3)")
     p.add_argument("--latency-margin", type=float, default=0.05,
                    help="headroom below a latency budget required when measured on the real runtime (default 0.05)")
     p.add_argument("--supernet-epochs", type=int, default=3)
@@ -73,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     budget["batch_size"] = args.batch_size
     options = dict(out_dir=args.out, n_trials=args.trials, sampler=args.sampler, engine=args.engine, seed=args.seed,
                    top_k=args.top_k, uniform_candidates=args.uniform_candidates,
-                   validate_candidates=args.validate_candidates, latency_margin=args.latency_margin, supernet_epochs=args.supernet_epochs,
+                   validate_candidates=args.validate_candidates, race_candidates=args.race_candidates,
+                   race_fraction=args.race_fraction, latency_margin=args.latency_margin,
+                   supernet_epochs=args.supernet_epochs,
                    finetune_epochs=args.finetune_epochs,
                    space_options=_space_options(args.space_option), quick=args.quick)
     # --json: stdout carries the Plan JSON only; anything else printed meanwhile goes to stderr

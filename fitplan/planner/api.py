@@ -60,6 +60,13 @@ class PlanRequest:
             cross-entropy) on the validation split, weights shared from the supernet and BN recalibrated,
             instead of by predicted accuracy alone. A direct measurement ranks subnets better than any
             predictor fitted to such measurements (``benchmarks/accuracy_predictor.py --n-check``).
+        race_candidates: with data and fine-tuning, the best ``race_candidates`` candidates (validation
+            ranking, exported latency within the budget) are each fine-tuned for ``race_fraction`` of the
+            full fine-tune and the one with the lowest validation cross-entropy wins; its run continues from
+            that checkpoint (the same LR schedule), so the winner's race steps are not lost. Why: accuracy of
+            weight-shared subnets before fine-tuning misjudges accuracy after it (uniform configs measured
+            0.87-0.92 on val before and 0.93-0.955 on test after a 1-epoch fine-tune on MNIST-5k). 0 or 1 = off.
+        race_fraction: share of the full fine-tune (steps) each raced candidate gets, in (0, 1].
         verify: measure candidates (default: when the device is local).
         latency_margin: headroom kept below a latency budget on the real runtime: a candidate passes
             verification only if measured <= budget x (1 - margin). It must exceed the harness's
@@ -86,6 +93,8 @@ class PlanRequest:
     top_k: int = 5
     uniform_candidates: int = 2
     validate_candidates: bool = True
+    race_candidates: int = 3
+    race_fraction: float = 0.3
     verify: bool | None = None
     latency_margin: float = 0.05
     supernet_epochs: int = 3
@@ -103,7 +112,8 @@ class PlanRequest:
         SAMPLERS.get(self.sampler)
         if self.engine not in ENGINES:
             raise ConfigError("engine", f"invalid value {self.engine!r}", ENGINES)
-        for name in ("n_trials", "top_k", "uniform_candidates", "supernet_epochs", "finetune_epochs", "population", "train_batch_size"):
+        for name in ("n_trials", "top_k", "uniform_candidates", "race_candidates", "supernet_epochs", "finetune_epochs",
+                     "population", "train_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
@@ -111,6 +121,9 @@ class PlanRequest:
             raise ConfigError("validate_candidates", f"must be true or false, got {self.validate_candidates!r}")
         if self.population < 2:
             raise ConfigError("population", "must be >= 2")
+        f = self.race_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise ConfigError("race_fraction", f"must be a number in (0, 1], got {f!r}")
         m = self.latency_margin
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 0.5:
             raise ConfigError("latency_margin", f"must be a number in [0, 0.5), got {m!r}")
@@ -422,6 +435,7 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     entries = [_entry(problem, c, metrics, i, t.number) for i, (c, t) in enumerate(zip(configs, front))]
     entries = [e for e in entries if _feasible_predicted(problem, e["predicted"])]  # the final choice is checked
     entries.sort(key=_predicted_key)
+    entries = _distinct_networks(ctx.space, entries)
     if not entries:
         raise InfeasibleBudgetError(_closest_violation(study, problem))
 
@@ -454,6 +468,15 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
 
         return [resize_for_shape(b, ctx.space.input_shape(c)) for b in raw_calib]
 
+    teacher_cache: list[Any] = []
+
+    def teacher() -> Any:  # the largest subnet, BN recalibrated: built once, for the race and the fine-tune
+        if not teacher_cache:
+            from fitplan.planner.materialize import build_teacher
+
+            teacher_cache.append(build_teacher(ctx.space, ctx.supernet, calib_for(ctx.space.largest())))
+        return teacher_cache[0]
+
     resumed = next((e for e in entries if previous.get("config") is not None and e["config"] == previous["config"]),
                    None)
     if resumed is not None:  # a re-run (e.g. after a crash in fine-tuning) keeps the choice and its checkpoints
@@ -470,7 +493,9 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
         ranked = _add_uniform(ctx, entries, ranked, notes)
         if req.validate_candidates and raw_calib is not None:
             ranked = _rank_by_validation(ctx, ranked, calib_for, notes)
-        chosen = _gate_exported(ctx, ranked, calib_for, notes)
+        want = _race_size(ctx)
+        gated = _gate_exported(ctx, _race_order(ranked, want), calib_for, notes, want=want)
+        chosen = _race_finetune(ctx, gated, calib_for, teacher, notes) if len(gated) > 1 else gated[0]
     elif verify:
         chosen = entries[0]
     else:
@@ -489,16 +514,14 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
     measured: dict[str, Any] = {}
     finetune_info: dict[str, Any] = {}
     if ctx.data is not None:
-        from fitplan.planner.materialize import build_teacher
         from fitplan.search_spaces.training import evaluate, finetune
 
-        teacher = build_teacher(ctx.space, ctx.supernet, calib_for(ctx.space.largest()))
         test = ctx.data.loader("test", batch_size=256)
-        t_acc = evaluate(teacher, None, test)
+        t_acc = evaluate(teacher(), None, test)
         if req.finetune_epochs > 0:
-            res = finetune(model, teacher, ctx.data.loader("train", batch_size=req.train_batch_size, seed=req.seed),
-                           epochs=req.finetune_epochs, checkpoint_dir=_finetune_dir(out, cfg), seed=req.seed,
-                           max_steps=req.max_train_steps, device="cpu")
+            res = finetune(model, teacher(), _train_loader(ctx), epochs=req.finetune_epochs,
+                           checkpoint_dir=_finetune_dir(out, cfg), seed=req.seed, max_steps=req.max_train_steps,
+                           device="cpu")
             finetune_info = {"epochs": req.finetune_epochs, "teacher": "largest subnet of the supernet",
                              "result": _jsonable(res)}
         acc = evaluate(model, None, test)
@@ -650,8 +673,10 @@ def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[d
         cfgs = ctx.space.uniform_configs()
     except ConfigError:
         return ranked
-    known = {json.dumps(e["config"], sort_keys=True) for e in entries}
-    cfgs = [c for c in cfgs if problem.encode_params(c) is not None and json.dumps(c, sort_keys=True) not in known]
+    from fitplan.hw_profiles.measure import config_key
+
+    known = {config_key(e["config"]) for e in entries}
+    cfgs = [c for c in cfgs if problem.encode_params(c) is not None and config_key(c) not in known]
     if not cfgs:
         return ranked
     metrics, _, _ = problem.score(cfgs)
@@ -716,16 +741,24 @@ def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], calib_fo
 
 
 def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
-                   notes: list[str]) -> dict[str, Any]:
-    """Export each verified candidate as the user will get it (before fine-tuning, which does not change the
-    graph) and time that ONNX file; choose the first whose artifact meets the latency budget. This catches
-    differences between the measurement graph and the delivered one (e.g. the exported QDQ int8 graph)."""
+                   notes: list[str], want: int = 1) -> list[dict[str, Any]]:
+    """Export verified candidates best-first as the user will get them (before fine-tuning, which does not
+    change the graph) and time those ONNX files; return the first ``want`` whose artifact meets the latency
+    budget (at least one, else :class:`InfeasibleBudgetError`). This catches differences between the
+    measurement graph and the delivered one (e.g. the exported QDQ int8 graph). The file must measure within
+    the budget less ``latency_margin``, as in verification: the delivered file is timed again after
+    fine-tuning, and a candidate that passed the gate by less than the run-to-run spread may then land over
+    the budget and yield no plan."""
     import tempfile
 
     from fitplan.planner.materialize import build_model, save_and_export
 
     limit = ctx.problem.limits["latency_ms"]
+    accept = _accept_ms(ctx)
+    passed: list[dict[str, Any]] = []
     for e in ranked:
+        if len(passed) >= want:
+            break
         cfg = e["config"]
         shape = ctx.space.input_shape(cfg)
         calib = calib_for(cfg)
@@ -735,12 +768,113 @@ def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Ca
                                       check_x, batch=ctx.budget.batch_size)
             m = _measure_artifact(ctx, arts.get("model_int8_onnx") or arts["model_onnx"], shape)
         e["measured"]["latency_ms_exported_gate"] = dict(m, method=m["method"] + " (exported before fine-tuning)")
-        if m["value"] <= limit:
-            return e
+        if m["value"] <= accept:
+            passed.append(e)
+            continue
         notes.append(f"gate: a verified candidate's exported model measured {m['value']:.3f} ms > budget "
-                     f"{limit:g} ms (verified at {e['measured']['latency_ms']['value']:.3f} ms) and was skipped")
+                     f"{limit:g} ms less the {ctx.request.latency_margin:.0%} margin (verified at "
+                     f"{e['measured']['latency_ms']['value']:.3f} ms) and was skipped")
+    if passed:
+        return passed
     raise InfeasibleBudgetError(f"none of the {len(ranked)} verified candidates met the latency budget {limit:g} ms "
-                                "once exported; relax the budget or raise latency_margin")
+                                f"less the {ctx.request.latency_margin:.0%} margin "
+                                "once exported; relax the budget")
+
+
+def _distinct_networks(space: Any, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the first entry of each network (:meth:`SearchSpace.network_key`): front configs that differ
+    only in choices of unused units build the same model, and measuring, validating or racing it twice
+    would take a slot from another candidate."""
+    seen: set[str] = set()
+    out = []
+    for e in entries:
+        key = space.network_key(e["config"])
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def _race_order(ranked: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``ranked`` reordered so that its first ``n`` differ in kind: the best ranked candidate, the best
+    uniformly scaled one, the slowest measured one (the most capacity the budget allows), then the rest in
+    rank order. Why: the ranking before fine-tuning favours what the weight-shared supernet does well
+    (often small subnets), so a race among its top ``n`` alone would rarely try a larger or a plain
+    scaled-down network, whose accuracy after fine-tuning it misjudges most."""
+    if n <= 1 or len(ranked) <= 1:
+        return list(ranked)
+    picks = [ranked[0]]
+    uniform = [e for e in ranked[1:] if e.get("source") == "uniform"]
+    if uniform and len(picks) < n:
+        picks.append(uniform[0])
+    rest = [e for e in ranked if all(e is not p for p in picks)]
+    if rest and len(picks) < n:
+        picks.append(max(rest, key=lambda e: e["measured"]["latency_ms"]["value"]))
+    return picks + [e for e in ranked if all(e is not p for p in picks)]
+
+
+def _train_loader(ctx: PlanContext) -> Any:
+    """The fine-tuning loader (deterministic order per epoch for the request's seed: a race checkpoint and the
+    full fine-tune that resumes it see the same batches)."""
+    return ctx.data.loader("train", batch_size=ctx.request.train_batch_size, seed=ctx.request.seed)
+
+
+def _race_size(ctx: PlanContext) -> int:
+    """How many gated candidates enter the fine-tune race (1 = no race: no data, no fine-tuning, or off)."""
+    req = ctx.request
+    if ctx.data is None or req.finetune_epochs <= 0 or req.race_candidates < 2:
+        return 1
+    return req.race_candidates
+
+
+def _race_finetune(ctx: PlanContext, entries: list[dict[str, Any]], calib_for: Callable[[Any], Any],
+                   teacher: Callable[[], Any], notes: list[str]) -> dict[str, Any]:
+    """One round of a fine-tuning race: each candidate is materialised and fine-tuned (distilled from the
+    teacher, in its own checkpoint directory) for ``race_fraction`` of the full fine-tune's steps, then
+    measured on the validation split; the lowest mean cross-entropy wins (then top-1, then measured latency).
+
+    Cross-entropy, not top-1, decides: on a validation split of a few hundred images top-1 moves in steps of
+    ``1/n`` and saturates, while cross-entropy separates subnets (it agreed better with test top-1 than val
+    top-1 did in ``benchmarks/accuracy_predictor.py``). The winner's checkpoint is where the full fine-tune
+    resumes (same schedule, same batches); the other candidates' checkpoints are deleted. Recorded per
+    candidate as ``measured.race_val_accuracy`` / ``measured.race_val_nll``."""
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    from fitplan.planner.materialize import build_model
+    from fitplan.search_spaces.training import evaluate_metrics, finetune
+
+    req = ctx.request
+    train = _train_loader(ctx)
+    total = len(train) * req.finetune_epochs
+    if req.max_train_steps is not None:
+        total = min(total, req.max_train_steps)
+    steps = max(1, int(round(req.race_fraction * total)))
+    val = ctx.data.loader("val", batch_size=256)
+    n_val = ctx.data.info.sizes.get("val")
+    how = (f"measured: on the {n_val} validation images after {steps} of {total} fine-tuning steps "
+           "(fine-tune race)")
+    for e in tqdm(entries, desc="fine-tune race", leave=False, disable=req.quick):
+        cfg = e["config"]
+        model = build_model(ctx.space, ctx.supernet, cfg, calib_for(cfg))
+        finetune(model, teacher(), train, epochs=req.finetune_epochs, checkpoint_dir=_finetune_dir(ctx.out_dir, cfg),
+                 seed=req.seed, max_steps=steps, device="cpu")
+        r = evaluate_metrics(model, None, val, input_shape=ctx.space.input_shape(cfg))
+        e["measured"]["race_val_accuracy"] = {"value": float(r["accuracy"]), "method": how + " (top-1)"}
+        e["measured"]["race_val_nll"] = {"value": float(r["nll"]), "method": how + " (mean cross-entropy)"}
+    best = min(entries, key=lambda e: (e["measured"]["race_val_nll"]["value"],
+                                       -e["measured"]["race_val_accuracy"]["value"],
+                                       e["measured"]["latency_ms"]["value"]))
+    for e in entries:
+        if e is not best:
+            shutil.rmtree(_finetune_dir(ctx.out_dir, e["config"]), ignore_errors=True)
+    m = best["measured"]
+    notes.append(f"race: {len(entries)} candidates fine-tuned for {steps} of {total} steps each; the one with the "
+                 f"lowest validation cross-entropy ({m['race_val_nll']['value']:.4f}, top-1 "
+                 f"{m['race_val_accuracy']['value']:.4f}) was "
+                 f"{'also' if best is entries[0] else 'not'} first in the ranking before fine-tuning and continues")
+    return best
 
 
 def _predicted_key(e: dict[str, Any]) -> tuple[float, float]:
@@ -800,8 +934,10 @@ def _search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: in
     prob = SearchProblem(ctx.space, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, ctx.problem.restrict)
     res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
     idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
-    known = {json.dumps(e["config"], sort_keys=True) for e in measured}
-    cfgs = [c for c in prob.decode_genotypes(res.genotypes[idx]) if json.dumps(c, sort_keys=True) not in known]
+    from fitplan.hw_profiles.measure import config_key
+
+    known = {config_key(e["config"]) for e in measured}
+    cfgs = [c for c in prob.decode_genotypes(res.genotypes[idx]) if config_key(c) not in known]
     new: list[dict[str, Any]] = []
     if cfgs:
         metrics, _, _ = ctx.problem.score(cfgs)

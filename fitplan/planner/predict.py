@@ -56,9 +56,11 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
     configs = list(first)
     while len(configs) < n:
         configs.append(space.sample(rng, compression=False))
-    have = {json.dumps(s["config"], sort_keys=True) for s in samples}
+    from fitplan.hw_profiles.measure import config_key
+
+    have = {config_key(s["config"]) for s in samples}
     for cfg in tqdm(configs, desc=desc, leave=False):
-        if json.dumps(cfg, sort_keys=True) in have:
+        if config_key(cfg) in have:
             continue
         obs = observe(cfg)
         if obs is None:

@@ -34,6 +34,11 @@ Mixed-precision graphs: the uncompressed units of a config that also has compres
 class :data:`MIXED_BASE_CLASS`, a pure multiple of fp32 (one factor, prior toward 1). On this machine's ONNX
 Runtime their float convs lose the NCHWc kernels and cost ~2.3x (shipped dataset, in-sample); without the
 class, N=20 calibrations put 47 % of all predictions within ±10 % (mixed 4 %), with it 64 % (mixed 29 %).
+``benchmarks/mixed_precision.py`` measures the effect directly: every mixed net it tries is slower than both
+the fp32 and the all-int8 version of its architecture (median 1.46x the faster one). Per-config features
+tried on the shipped mixed rows and not kept, since none lifted the in-sample share within ±10 % above
+~40 %: number of precision boundaries, activation elements at boundaries, float units isolated between
+int8 units, activation elements / count of int8 units in mixed graphs.
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -268,6 +269,21 @@ class SearchSpace(ABC):
                 seen.add(key)
                 out.append(cfg)
         return out
+
+    def network_key(self, config: Mapping[str, Any]) -> str:
+        """Identity of the network a config builds, blind to choices of units it does not use (e.g. the
+        kernel size of a block beyond a stage's depth): input shape, then per unit whether it is active
+        and, for active units, its MACs, parameters, activations and compression. Two configs with one
+        key extract the same network, so the planner measures and fine-tunes it once. Spaces that can
+        state their inactive choices exactly may override this."""
+        cfg = self.validate(config)
+        n = len(self.units())
+        bits = cfg.get("bits", [32] * n)
+        sparsity = cfg.get("sparsity", [0.0] * n)
+        parts: list[Any] = [list(self.input_shape(cfg)), cfg.get("sparsity_pattern")]
+        for u, b, sp in zip(self.unit_costs(cfg), bits, sparsity):
+            parts.append([u.macs, u.params, u.act_elems, b, sp] if u.active else None)
+        return json.dumps(parts, separators=(",", ":"))
 
     # ----------------------------------------------------------------- params / trials
     def to_params(self, config: Config) -> dict[str, Any]:

@@ -80,12 +80,16 @@ def test_local_plan_with_data_verifies_and_finetunes(tmp_path, fake_latency):
     assert p.checks["budget_met_measured_latency"] is True
     assert any(e["measured"] for e in p.pareto)  # predicted and measured side by side
     # uniformly scaled architectures were measured beside the searched ones; the verified candidates were
-    # ranked by measured validation top-1 and the chosen one leads that ranking
+    # ranked by measured validation top-1, and the best of them raced (short fine-tunes, val cross-entropy)
     assert any("uniformly scaled architecture" in n for n in p.notes)
     validated = [e for e in p.pareto if "val_accuracy" in e["measured"]]
     chosen = next(e for e in p.pareto if e.get("chosen"))
     assert chosen in validated and "validation images" in chosen["measured"]["val_accuracy"]["method"]
-    if not any(n.startswith("gate:") for n in p.notes):
+    raced = [e for e in p.pareto if "race_val_nll" in e["measured"]]
+    if len(raced) > 1:
+        assert chosen["measured"]["race_val_nll"]["value"] == min(e["measured"]["race_val_nll"]["value"]
+                                                                  for e in raced)
+    elif not any(n.startswith("gate:") for n in p.notes):
         assert chosen["measured"]["val_accuracy"]["value"] == max(e["measured"]["val_accuracy"]["value"]
                                                                   for e in validated)
     assert (tmp_path / "finetune_ckpt").is_dir() and (tmp_path / "supernet" / "supernet.safetensors").is_file()
@@ -266,3 +270,46 @@ def test_uniform_candidates_adapt_the_latency_correction_after_misses(tmp_path, 
     # this seed: a uniform pick misses, a later one (after the refit) fits
     assert any(e["measured"]["latency_ms"]["value"] > accept for e in uni) and len(within) == 1
     assert p.measured["latency_ms"]["value"] <= accept
+
+
+def test_fine_tune_race_keeps_the_lowest_val_cross_entropy_and_resumes_its_checkpoint(tmp_path, fake_latency,
+                                                                                       monkeypatch):
+    """With data, the best gated candidates are each fine-tuned for a share of the full run and compared on
+    validation cross-entropy; the winner's fine-tune continues from its race checkpoint, the others' are gone."""
+    from fitplan.planner.api import _finetune_dir
+
+    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, data="digits", max_train_steps=4,
+                                     race_candidates=3, race_fraction=0.5)
+    p = finish(ctx, study)
+    raced = [e for e in p.pareto if "race_val_nll" in e["measured"]]
+    assert 2 <= len(raced) <= 3
+    assert all("latency_ms_exported_gate" in e["measured"] for e in raced)  # only deliverable ones race
+    chosen = next(e for e in p.pareto if e.get("chosen"))
+    assert chosen in raced
+    assert chosen["measured"]["race_val_nll"]["value"] == min(e["measured"]["race_val_nll"]["value"] for e in raced)
+    assert "after 2 of 4 fine-tuning steps" in chosen["measured"]["race_val_nll"]["method"]
+    assert any(n.startswith(f"race: {len(raced)} candidates") for n in p.notes)
+    assert p.finetune["result"]["resumed_from"] == 2 and p.finetune["result"]["steps"] == 4
+    left = sorted(d.name for d in (tmp_path / "finetune_ckpt").iterdir())
+    assert left == [_finetune_dir(tmp_path, p.config).name]
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 1.5, "x", True])
+def test_bad_race_fraction_names_field(bad):
+    from fitplan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="race_fraction"):
+        PlanRequest("planner_tiny", "local", {"latency_ms": 1.0}, race_fraction=bad).validate()
+
+
+def test_race_order_mixes_best_uniform_and_slowest():
+    from fitplan.planner.api import _race_order
+
+    def e(name, ms, source="search"):
+        return {"name": name, "source": source, "measured": {"latency_ms": {"value": ms}}}
+
+    ranked = [e("a", 0.10), e("b", 0.11), e("u1", 0.15, "uniform"), e("c", 0.30), e("u2", 0.2, "uniform")]
+    order = [x["name"] for x in _race_order(ranked, 3)]
+    assert order == ["a", "u1", "c", "b", "u2"]
+    assert [x["name"] for x in _race_order(ranked, 1)] == ["a", "b", "u1", "c", "u2"]
+    assert [x["name"] for x in _race_order(ranked[:2], 3)] == ["a", "b"]

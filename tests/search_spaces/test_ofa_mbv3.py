@@ -377,3 +377,16 @@ def test_timm_custom_classes_and_unsupported():
         mbv3_space_from_timm(small)
     with pytest.raises(UnknownNameError, match="mobilenetv3_large_100"):
         from_timm("not_a_timm_model_name")
+
+
+def test_network_key_ignores_choices_of_unused_blocks():
+    space = create_space("ofa_mbv3", width_mult=0.5, num_classes=10, in_chans=1, resolutions=[24, 28])
+    cfg = space.validate({**space.smallest(), "d": [2] * 5})
+    other = dict(cfg, ks=list(cfg["ks"]))
+    other["ks"][3] = 7  # the 4th block of stage 1 is beyond depth 2: the same network
+    assert space.network_key(other) == space.network_key(cfg)
+    used = dict(cfg, ks=list(cfg["ks"]))
+    used["ks"][0] = 7
+    assert space.network_key(used) != space.network_key(cfg)
+    assert space.network_key(dict(cfg, r=28)) != space.network_key(cfg)
+    assert space.network_key(dict(cfg, bits=[8] * len(cfg["bits"]))) != space.network_key(cfg)
