@@ -24,6 +24,7 @@ reported with its *paired* standard error (per-image correct/incorrect differenc
 that of two independent accuracies when the two models get mostly the same images right.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
+                                      [--race-candidates K] [--race-fraction F]
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
 (the analytic proxy unless fitplan.predictors supplies a predictor): the table says which.
@@ -165,7 +166,8 @@ def print_search(res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- budgets part
-def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1) -> dict:
+def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1,
+                 race: dict | None = None) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -185,7 +187,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
         dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
-                       space_options=opts, quick=quick, top_k=3, **train)
+                       space_options=opts, quick=quick, top_k=3, **train, **(race or {}))
     ctx = prepare(base)
     prof, space = ctx.profile, ctx.space
     rule = {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
@@ -306,6 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="fitplan-out/bench_plan_quality")
     ap.add_argument("--supernet-epochs", type=int, default=4, help="budgets part: supernet training epochs")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
+    ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
+    ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,9 @@ def main(argv=None) -> int:
         results["search"] = search_part(args.quick, out)
         print_search(results["search"])
     if args.part in ("budgets", "all"):
-        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs)
+        race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction))
+                if v is not None}
+        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)
