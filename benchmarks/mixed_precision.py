@@ -2,19 +2,23 @@
 
 For a few ofa_mbv3 architectures (seeded, resolution ``--r``) every network is measured by fitplan's harness
 (:func:`fitplan.hw_profiles.measure.measure_config`: ONNX Runtime CPU, 1 thread, anchored blocks) in fp32,
-all-int8 and three mixed 8/32-bit assignments of its active units:
+all-int8 and four mixed 8/32-bit assignments of its active units:
 
-``one-float``  all 8-bit except the middle active unit;
-``halves``     the first half of the active units 8-bit, the rest 32-bit;
-``random``     each active unit 8- or 32-bit by a coin flip.
+``one-float``    all 8-bit except the middle active unit;
+``halves``       the first half of the active units 8-bit, the rest 32-bit;
+``float-first``  the first half 32-bit, the rest 8-bit;
+``random``       each active unit 8- or 32-bit by a coin flip.
 
 Columns: precision boundaries (adjacent active units of different precision), the latencies, and mixed /
 min(fp32, int8): above 1 means the mixed net is slower than *both* pure versions of the same architecture.
-This is the effect the analytic latency model prices with its ``fp32@mixed`` class
-(:mod:`fitplan.predictors.analytic`), and the reason the planner rarely chooses mixed precision for this
-runtime: ONNX Runtime's CPU EP runs int8 chains in its NHWC integer kernels and float chains in NCHWc, and
-pays layout conversions and Quantize/Dequantize pairs at every boundary, while a float unit isolated between
-int8 units runs without the NCHWc kernels (``docs/DEVELOPING.md``: check the optimized graph).
+
+What it shows on ONNX Runtime's x86 CPU EP: per unit, int8 pays for dense (pointwise) convs and the
+classifier and costs for depthwise convs and large activations (Quantize/Dequantize), and every precision
+boundary costs layout reorders. So ``float-first`` (float where the depthwise convs and big activations are,
+int8 where the pointwise work is) beats both pure versions, while int8-first and scattered mixes are slower
+than both. The analytic latency model prices exactly these terms (per-class depthwise / dense / activation
+costs and the ``fp32@mixed`` class, :mod:`fitplan.predictors.analytic`), and the planner's local
+calibration measures int8 and mixed configs so that the search can place 8-bit units where they pay.
 
     python benchmarks/mixed_precision.py [--archs 4] [--r 160] [--seed 0] [--max-seconds 3]
 """
@@ -31,7 +35,9 @@ def patterns(active: list[int], n_units: int, rng: np.random.Generator) -> dict[
         return [8 if i in eight else 32 for i in range(n_units)]
 
     mid = active[len(active) // 2]
-    out = {"one-float": bits(set(active) - {mid}), "halves": bits(set(active[:len(active) // 2]))}
+    half = len(active) // 2
+    out = {"one-float": bits(set(active) - {mid}), "halves": bits(set(active[:half])),
+           "float-first": bits(set(active[half:]))}
     while True:  # a coin flip per unit that is really mixed
         eight = {i for i in active if rng.random() < 0.5}
         if 0 < len(eight) < len(active):
@@ -86,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['arch']} | {r['pattern']} | {r['boundaries']} | {r['fp32']:.3f} | {r['int8']:.3f} | "
               f"{r['mixed']:.3f} | {r['ratio']:.2f} |")
     ratio = np.array([r["ratio"] for r in rows])
-    pure = np.array([r["int8"] / r["fp32"] for r in rows[::3]])
+    per_arch = len(rows) // args.archs
+    pure = np.array([r["int8"] / r["fp32"] for r in rows[::per_arch]])
     print(f"int8 / fp32: median {np.median(pure):.2f}; mixed / min(fp32, int8): median {np.median(ratio):.2f}, "
           f"range {ratio.min():.2f}-{ratio.max():.2f}; mixed faster than both pure versions in "
           f"{int((ratio < 1).sum())} of {len(ratio)}")
-    for name in ("one-float", "halves", "random"):
+    for name in ("one-float", "halves", "float-first", "random"):
         sel = [r["ratio"] for r in rows if r["pattern"] == name]
         print(f"  {name:<10} median {np.median(sel):.2f}")
     return 0

@@ -168,13 +168,18 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     ``QLinearConv`` fusion; they then run as float convs between Dequantize/Quantize nodes without the
     NCHWc float kernels, and the "int8" model measured 2-3x *slower* than fp32. Pre-processed U8S8 fuses
     every conv (``benchmarks/measure_noise.py --bits 8`` prints the int8/fp32 ratio). Node names survive
-    the pre-processing, so ``nodes_to_quantize`` from :func:`nodes_for_modules` still apply.
+    the pre-processing, so ``nodes_to_quantize`` from :func:`nodes_for_modules` still apply. Initializers
+    the exporter shared between nodes get one copy per node first
+    (:func:`fitplan.onnx_utils.unshare_initializers`): a bias shared by an 8-bit and a float conv otherwise
+    becomes a DequantizeLinear output for both and knocks the float one off ONNX Runtime's fast kernels.
 
     Weights use ``reduce_range`` (7-bit magnitudes): without VNNI, x86 U8S8 kernels sum pairs of u8 x s8
     products in int16 and saturate; on this AVX2 machine the full 8-bit range cost an MNIST subnet 2.4
     points of top-1 against its fake-quant torch model, 7 bits none (same kernels, same latency)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from fitplan.onnx_utils import unshare_initializers
 
     root = logging.getLogger()
     level = root.level
@@ -184,7 +189,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
         pre = Path(out_path).with_name(Path(out_path).stem + ".pre.onnx")
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        model = onnx.load(str(pre), load_external_data=False)
+        if unshare_initializers(model, QUANTIZABLE_OPS):
+            onnx.save(model, str(pre))
+        name = model.graph.input[0].name
         quantize_static(str(pre), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,

@@ -372,7 +372,8 @@ def prepare(request: PlanRequest) -> PlanContext:
         k not in restrict for k in ("bits", "sparsity") if k in space.dimensions)
     acc_fn, acc_desc = resolve_accuracy(space, supernet if trained else None, data if trained else None,
                                         out_dir=out, seed=request.seed, quick=request.quick,
-                                        n_subnets=request.accuracy_subnets, sensitivity=compression_searched and not request.quick)
+                                        n_subnets=request.accuracy_subnets, sensitivity=compression_searched and not request.quick,
+                                        restrict=restrict)
     evaluator = Evaluator(space, lat_fn, acc_fn, speedups=speedups, batch_size=budget.batch_size,
                           power_w=float(power_w) if budget.energy_mj is not None else None,
                           latency_models_compression=lat_models_comp,

@@ -9,7 +9,9 @@ Latency (``configs -> ms per batch``), in order:
 2. Local, measurable profiles only: :func:`fit_local_latency`, a :class:`fitplan.predictors.CostModelPredictor`
    (per-unit non-negative least squares on MACs, activation elements and launches) fitted to ``n`` configs
    *measured here* with ONNX Runtime (cached in ``out_dir``). It is a real few-shot predictor for this exact
-   space spec.
+   space spec. When the space searches 8-bit units and the profile does not rule int8 out, a third of the
+   configs are all-int8 and a third mixed 8/32-bit, so the model prices every unit by its own bit-width
+   (the search then places 8-bit units where they pay; :func:`best_int8_gain` decides whether they can).
 3. Otherwise: :class:`~fitplan.errors.ConfigError` naming ``device`` (the planner never guesses latency).
 
 Accuracy (``configs -> [0, 1]``), in order: an :class:`fitplan.predictors.AccuracyPredictor` built for
@@ -73,14 +75,23 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
 
 # ====================================================================== latency
 def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
-                      batch: int = 1, quick: bool = False) -> tuple[Any, list[dict[str, Any]], str]:
-    """Measure ``n`` uncompressed configs here (smallest, largest, then seeded random ones; resumable via
-    ``cache``) and fit :class:`fitplan.predictors.CostModelPredictor` to them.
+                      batch: int = 1, quick: bool = False, int8: bool = False
+                      ) -> tuple[Any, list[dict[str, Any]], str]:
+    """Measure ``n`` configs here (resumable via ``cache``) and fit
+    :class:`fitplan.predictors.CostModelPredictor` to them.
 
-    Returns ``(predictor, samples, method)``; ``method`` is the measurement method of the last sample. The
-    samples are fp32 only, so the predictor has no data on compression (``models_compression`` is false:
-    the planner adds compression with its capability model).
+    ``int8=False``: uncompressed configs only (smallest, largest, then seeded random ones); the predictor has
+    no data on compression (``models_compression`` is false: the planner adds compression with its
+    capability model). ``int8=True``: :func:`fitplan.hw_profiles.measure.sample_measure_configs` groups --
+    an architecture in fp32 and all-int8, another with a random per-unit 8/32-bit mix -- so the predictor
+    prices every unit by its own bit-width: on ONNX Runtime CPUs int8 pays for dense (pointwise) convs and
+    costs for depthwise ones and for large activations, so a net that keeps its early layers float and runs
+    its late ones in int8 can be faster than both pure precisions while all-int8 is not
+    (``benchmarks/mixed_precision.py``); a whole-network factor cannot express that.
+
+    Returns ``(predictor, samples, method)``; ``method`` is the measurement method of the last sample.
     """
+    from fitplan.hw_profiles.measure import sample_measure_configs
     from fitplan.predictors.analytic import CostModelPredictor
 
     supernet = space.build_supernet()
@@ -93,12 +104,52 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
             return None
         return {"latency_ms": m["value"], "method": m["method"]}
 
-    samples = collect_samples(space, [space.smallest(), space.largest()], n, seed, measure,
-                              cache=cache, cache_key={"batch": batch}, desc="calibrate local latency")
+    first = sample_measure_configs(space, n, seed=seed, bits=(8, 32)) if int8 else [space.smallest(), space.largest()]
+    samples = collect_samples(space, first, n, seed, measure, cache=cache, cache_key={"batch": batch},
+                              desc="calibrate local latency")
     method = next((s["method"] for s in reversed(samples) if "method" in s), "")
     model = CostModelPredictor.fit(space, [{"config": s["config"], "latency_ms": s["latency_ms"]} for s in samples],
                                    device=str(getattr(profile, "name", profile)))
     return model, samples, method
+
+
+def local_int8_calibration(space: Any, profile: Any) -> bool:
+    """Whether the local calibration should measure 8-bit configs: the space searches ``bits`` with 8 among
+    the choices and the profile does not state that int8 gives no speed-up."""
+    from fitplan.planner.metrics import capability_state
+
+    dims = getattr(space, "dimensions", {})
+    return ("bits" in dims and 8 in dims["bits"].choices and 32 in dims["bits"].choices
+            and capability_state(profile, "int8") != "no")
+
+
+def best_int8_gain(model: Any, space: Any) -> float | None:
+    """Largest predicted speed-up that 8-bit units buy, over the smallest and the largest architecture: the
+    fp32 latency divided by the best of all-int8 and every split "first k active units float, the rest
+    int8" (or the reverse). ``None`` when ``model`` has no int8 data.
+
+    Why splits: where int8 pays only for some units (late, pointwise-heavy ones on ONNX Runtime CPUs) the
+    whole-network int8 factor is ~1 or below, yet a float-first split is faster than fp32. The planner keeps
+    ``bits=8`` searchable when this gain is above 1; the search itself then prices every unit.
+    """
+    if "bits=8" not in getattr(model, "classes", ()):
+        return None
+    best = 0.0
+    for arch in (space.smallest(), space.largest()):
+        n_units = len(arch["bits"])
+        active = [i for i, u in enumerate(space.unit_costs(arch)) if u.active]
+        variants = [[8] * n_units]
+        for k in range(1, len(active)):
+            for first, rest in ((32, 8), (8, 32)):
+                bits = [32] * n_units
+                for j, i in enumerate(active):
+                    bits[i] = first if j < k else rest
+                variants.append(bits)
+        cfgs = [space.validate({**arch, "bits": [32] * n_units})] + [space.validate({**arch, "bits": b})
+                                                                      for b in variants]
+        ms = np.asarray(model.predict(cfgs, unknown="fp32", validate=False), dtype=float)
+        best = max(best, float(ms[0] / ms[1:].min()))
+    return best
 
 
 def timing_rule(quick: bool) -> dict[str, Any]:
@@ -181,12 +232,19 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
             errors.append(f"{type(e).__name__}: {e}")
     if local:
         cache = out_dir / "latency_calibration.json" if out_dir is not None else None
-        model, samples, method = fit_local_latency(space, profile, n=8 if quick else 16, seed=seed, cache=cache,
-                                                   batch=batch, quick=quick)
+        int8 = local_int8_calibration(space, profile)
+        model, samples, method = fit_local_latency(space, profile, n=(9 if int8 else 8) if quick else (18 if int8 else 16),
+                                                   seed=seed, cache=cache, batch=batch, quick=quick, int8=int8)
+        kinds = "fp32, all-int8 and mixed 8/32-bit" if int8 else "uncompressed"
         desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on dense/depthwise MACs, "
-                f"activations, launches) fitted to {len(samples)} configs measured here ({method[:120]})")
+                f"activations, launches, per bit-width) fitted to {len(samples)} {kinds} configs measured here "
+                f"({method[:120]})")
         predict = lambda configs: model.predict(list(configs), unknown="fp32", validate=False)  # noqa: E731
-        return predict, desc, model.models_compression, effects_to_speedups(model.effects)
+        learned = effects_to_speedups(model.effects)
+        gain = best_int8_gain(model, space)
+        if gain is not None:
+            learned["int8"] = gain
+        return predict, desc, model.models_compression, learned
     raise ConfigError("device", f"no latency predictor for space {space.name!r} on device "
                                 f"{getattr(profile, 'name', profile)!r} and the device is not local, so it "
                                 f"cannot be measured ({'; '.join(errors)})")
@@ -279,16 +337,33 @@ def evaluate_subnet(supernet: Any, space: Any, config: Config, data: Any, *, cal
     return float(acc)
 
 
+def sensitivity_choices(space: Any, restrict: Mapping[str, Sequence[Any]] | None) -> dict[str, Any]:
+    """:func:`fitplan.predictors.accuracy.measure_sensitivity` keywords for the compression choices the
+    search keeps (``restrict`` as :func:`fitplan.planner.metrics.restricted_dimensions` returns it)."""
+    restrict = dict(restrict or {})
+    out: dict[str, Any] = {}
+    if "bits" in restrict:
+        out["bits"] = [int(b) for b in restrict["bits"]]
+    if "sparsity" in restrict:
+        out["sparsities"] = [float(s) for s in restrict["sparsity"]]
+    if "sparsity_pattern" in restrict:
+        out["two_four"] = "2:4" in restrict["sparsity_pattern"]
+    return out
+
+
 def resolve_accuracy(space: Any, supernet: Any, data: Any, *, out_dir: Path | None = None, seed: int = 0,
-                     quick: bool = False, sensitivity: bool = True, n_subnets: int = 80) -> tuple[Predict, str]:
+                     quick: bool = False, sensitivity: bool = True, n_subnets: int = 80,
+                     restrict: Mapping[str, Sequence[Any]] | None = None) -> tuple[Predict, str]:
     """``(predict, description)`` of accuracy (see module doc).
 
     With a trained supernet and data: :class:`fitplan.predictors.accuracy.AccuracyPredictor` built on
     subnets evaluated on the validation split (cached in ``out_dir/accuracy_predictor.json``), with the
     measured per-unit compression sensitivity when ``sensitivity`` (the planner asks for it only when
-    compression is searched); without it, compression costs the documented prior
+    compression is searched; ``restrict``, the planner's dimension restrictions, limits it to the searched
+    bits / sparsity choices); without it, compression costs the documented prior
     (:func:`compression_penalty`). Without data: :class:`CapacityProxy`.
     """
+    choices = sensitivity_choices(space, restrict)
     if data is not None and supernet is not None:
         try:
             from fitplan.data import calibration_batches
@@ -298,12 +373,13 @@ def resolve_accuracy(space: Any, supernet: Any, data: Any, *, out_dir: Path | No
             pred = None
             if path is not None and path.is_file():
                 pred = AccuracyPredictor.load(path, space=space)
-                if sensitivity and pred.sensitivity is None:
+                if sensitivity and not pred.covers(choices):
                     pred = None
             if pred is None:
                 calib = calibration_batches(data, n_batches=2 if quick else 4, batch_size=64, seed=seed)
                 pred = AccuracyPredictor.build(supernet, data.loader("val", batch_size=256), calib,
-                                               n_subnets=min(8, n_subnets) if quick else n_subnets, seed=seed, sensitivity=sensitivity)
+                                               n_subnets=min(8, n_subnets) if quick else n_subnets, seed=seed, sensitivity=sensitivity,
+                                               sensitivity_choices=choices)
                 if path is not None:
                     pred.save(path)
             n = len(pred.meta.get("measured", {}).get("configs", []))

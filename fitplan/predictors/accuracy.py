@@ -384,15 +384,30 @@ class AccuracyPredictor:
                                       "method": "least squares of measured drop on summed unit drops"}
         return a
 
+    def covers(self, choices: Mapping[str, Any]) -> bool:
+        """Whether the sensitivity table has every setting of ``choices`` (:func:`measure_sensitivity`'s
+        ``bits`` / ``sparsities`` / ``two_four`` keywords; a key left out means all of the space's)."""
+        if self.sensitivity is None:
+            return False
+        space = self.space
+        bits = [str(b) for b in choices.get("bits", space.bits_choices) if b < 32]
+        sps = [str(float(s)) for s in choices.get("sparsities", space.sparsity_choices) if s > 0]
+        tables = self.sensitivity.get("sparsity", {})
+        return (all(b in self.sensitivity.get("bits", {}) for b in bits)
+                and all(s in tables.get("unstructured", {}) for s in sps)
+                and (not choices.get("two_four", True) or "2:4" not in space.sparsity_patterns or "2:4" in tables))
+
     @classmethod
     def build(cls, supernet: nn.Module, val_loader: Iterable, calib_batches: Sequence[torch.Tensor], *,
               n_subnets: int = 300, holdout: float = 0.2, seed: int = 0, sensitivity: bool = True,
               reference: Mapping[str, Any] | None = None, models: Sequence[str] = MODELS,
-              n_compressed: int = 0) -> "AccuracyPredictor":
+              n_compressed: int = 0, sensitivity_choices: Mapping[str, Any] | None = None) -> "AccuracyPredictor":
         """Measure ``n_subnets`` random subnets (plus smallest and largest) and, optionally, the
         per-unit sensitivity, then fit. ``val_loader`` must be data the supernet was not trained on.
-        ``n_compressed > 0`` also measures that many random compressed configs and fits
-        :attr:`drop_scale` on them (:meth:`fit_drop_scale`)."""
+        ``sensitivity_choices`` limits the sensitivity settings (``bits``, ``sparsities``, ``two_four``
+        keywords of :func:`measure_sensitivity`; default all of the space's): a planner that searches only
+        8-bit units need not pay for 4-bit and sparse evaluations. ``n_compressed > 0`` also measures that
+        many random compressed configs and fits :attr:`drop_scale` on them (:meth:`fit_drop_scale`)."""
         space = supernet.space
         rng = np.random.default_rng(seed)
         configs = [space.largest(), space.smallest()]
@@ -403,7 +418,8 @@ class AccuracyPredictor:
         pred.meta["measured"] = {"configs": configs, "accuracies": measured["accuracy"].tolist(),
                                  "nll": measured["nll"].tolist()}
         if sensitivity:
-            pred.set_sensitivity(measure_sensitivity(supernet, val_loader, calib_batches, reference=reference))
+            pred.set_sensitivity(measure_sensitivity(supernet, val_loader, calib_batches, reference=reference,
+                                                     **dict(sensitivity_choices or {})))
             if n_compressed > 0:
                 from tqdm.auto import tqdm
 

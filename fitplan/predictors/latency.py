@@ -516,8 +516,8 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     ``auto`` picks, per device, between the meta-learned predictor and the analytic per-unit cost model by
     their leave-one-out (at most 10-fold) mean relative error on the calibration samples: the meta prior wins
     on devices like its sources (fp32 GPUs/phones of HELP), the analytic model on devices unlike them and
-    wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where mixed int8/fp32
-    graphs run ~2x *slower* than either precision alone). Spaces
+    wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where int8 pays for
+    pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Spaces
     without a meta prior always use ``analytic``. The choice and both errors are in ``provenance``.
     """
     from fitplan.predictors.analytic import CostModelPredictor, loo_relative_errors

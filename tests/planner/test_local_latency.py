@@ -12,9 +12,11 @@ from fitplan.errors import ConfigError
 from fitplan.predictors import CostModelPredictor
 
 
-def _truth(space, cfg, unit_factor=1.0):
+def _truth(space, cfg, unit_factor=1.0, int8_factor=1.0):
+    """Known latency: per active unit MACs + a launch; an 8-bit unit costs ``int8_factor`` x its float cost."""
     units = space.unit_costs(cfg)
-    return 0.05 + unit_factor * sum(0.002 * u.macs / 1e3 + (0.01 if u.active and u.macs else 0.0) for u in units)
+    return 0.05 + unit_factor * sum((int8_factor if b == 8 else 1.0) * (0.002 * u.macs / 1e3 + 0.01)
+                                    for u, b in zip(units, cfg["bits"]) if u.active and u.macs)
 
 
 @pytest.fixture
@@ -30,9 +32,10 @@ def fake_measure(monkeypatch):
 
 
 def test_local_profile_fits_cost_model_on_measured_configs(tmp_path, fake_measure):
+    """A device whose profile says int8 gives no speed-up: fp32 configs only, compression left to the planner."""
     register_tiny()
     space = TinySpace(resolutions=(8, 12))
-    profile = make_fake_profile("this-cpu", local=True)
+    profile = make_fake_profile("this-cpu", local=True, caps={"int8_speedup": "no"})
     predict, desc, models_compression, speedups = P.resolve_latency(space, profile, out_dir=tmp_path, quick=True)
     assert "CostModelPredictor" in desc and "measured here" in desc
     assert models_compression is False and speedups == {}  # fp32 samples only: compression left to the planner
@@ -46,6 +49,29 @@ def test_local_profile_fits_cost_model_on_measured_configs(tmp_path, fake_measur
     n = len(fake_measure)
     P.resolve_latency(space, profile, out_dir=tmp_path, quick=True)  # resumed from the cache
     assert len(fake_measure) == n
+
+
+def test_local_calibration_measures_int8_and_mixed_configs_and_prices_units_by_bits(tmp_path, monkeypatch):
+    register_tiny()
+    space = TinySpace(resolutions=(8, 12))
+    profile = make_fake_profile("this-cpu", local=True)  # int8 speed-up unknown: measure it
+    seen = []
+
+    def measure(space, cfg, profile, **kw):
+        seen.append(cfg)
+        return {"value": _truth(space, cfg, int8_factor=0.6), "status": "ok", "method": "fake measurement"}
+
+    monkeypatch.setattr(P, "measure_latency", measure)
+    predict, desc, models_compression, speedups = P.resolve_latency(space, profile, out_dir=tmp_path, quick=True)
+    kinds = {"fp32" if set(c["bits"]) == {32} else "int8" if set(c["bits"]) == {8} else "mixed" for c in seen}
+    assert kinds == {"fp32", "int8", "mixed"} and "mixed 8/32-bit" in desc
+    assert models_compression is True and speedups["int8"] > 1.3  # the planner keeps bits=8 searchable
+    rng = np.random.default_rng(3)
+    units = len(space.units())
+    configs = [space.validate({**space.sample(rng, compression=False), "bits": [int(b) for b in rng.choice([8, 32], units)]})
+               for _ in range(20)]
+    truth = np.array([_truth(space, c, int8_factor=0.6) for c in configs])
+    np.testing.assert_allclose(predict(configs), truth, rtol=0.1)
 
 
 def test_profile_analytic_state_applies_to_its_own_spec_only(fake_measure):

@@ -83,6 +83,26 @@ def test_build_predict_roundtrip(trained, tmp_path):
     assert back.metrics == pred.metrics and back.drop_scale == pred.drop_scale
 
 
+def test_sensitivity_limited_to_searched_choices(trained):
+    """A planner that searches only 8-bit units measures only their drops (not 4-bit or sparse ones), and a
+    cached table is reused only when it covers what the search needs."""
+    from fitplan.planner.predict import sensitivity_choices
+
+    space, sn, data = trained
+    choices = sensitivity_choices(space, {"bits": [8, 32], "sparsity": [0.0], "sparsity_pattern": ["unstructured"]})
+    assert choices == {"bits": [8, 32], "sparsities": [0.0], "two_four": False}
+    pred = AccuracyPredictor.build(sn, data.loader("val", 256), calibration_batches(data, 1, 128), n_subnets=12,
+                                   seed=0, sensitivity_choices=choices)
+    sens = pred.sensitivity
+    assert set(sens["bits"]) == {"8"} and sens["sparsity"] == {"unstructured": {}}
+    assert pred.covers(choices) and not pred.covers({}) and not pred.covers({"bits": [4, 8, 32]})
+    light = {**space.largest(), "bits": [8] * 6}
+    assert pred.predict([light])[0] <= pred.predict([space.largest()])[0]
+    with pytest.raises(ConfigError) as e:  # a setting that was not measured is named, never invented
+        pred.compression_drop({**space.largest(), "bits": [4] * 6})
+    assert e.value.field.startswith("bits.")
+
+
 def test_bad_input(trained):
     space, _, _ = trained
     p = AccuracyPredictor(space)
