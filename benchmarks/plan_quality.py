@@ -16,7 +16,8 @@ verifies, fine-tunes and exports a subnet; reported: measured latency of the ver
 exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
 resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
-measured latency), fine-tuned identically. The planner itself also verifies the largest uniform configs
+measured latency; if every uniform config is slower than the plan, as an int8 plan can be, the fastest one,
+marked ``*``), fine-tuned identically. The planner itself also verifies the largest uniform configs
 predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
 the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
 searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
@@ -225,11 +226,14 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             rows.append({"fraction": f, "budget_ms": budget, "error": str(e)})
             continue
         lat = p.measured["latency_ms"]["value"]
-        # uniform baseline: the largest uniform config with measured latency <= the plan's measured latency
-        cands = [(v, k) for k, v in uni_lat.items() if v is not None and v <= lat]
+        # uniform baseline: the largest uniform config with measured latency <= the plan's measured latency;
+        # when every uniform config is slower than the plan (an int8 plan can be), the fastest one: the plan
+        # then dominates it if it is at least as accurate
+        timed = [(v, k) for k, v in uni_lat.items() if v is not None]
+        cands = [(v, k) for v, k in timed if v <= lat]
         base_row = {}
-        if cands:
-            v, k = max(cands)
+        if timed:
+            v, k = max(cands) if cands else min(timed)
             ucfg = json.loads(k)
             shape = space.input_shape(ucfg)
             m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
@@ -243,6 +247,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
                                            for k2 in ("ks", "e", "d", "r")},
                         "uniform_latency_ms": v,
+                        "uniform_slower": not cands,
                         "uniform_accuracy": evaluate(m, None, test),
                         "paired_diff": float(diff.mean()),
                         "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
@@ -276,7 +281,8 @@ def print_budgets(res: dict) -> None:
         print(f"| {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | {r['exported_ms']:.3f} "
               f"| {'yes' if r['met'] else 'NO'} "
               f"| {r['accuracy']:.4f} | {r.get('source', '-')} | {tuple(u.values()) if u else '-'} | "
-              f"{r.get('uniform_latency_ms', float('nan')):.3f} | {r.get('uniform_accuracy', float('nan')):.4f} |")
+              f"{r.get('uniform_latency_ms', float('nan')):.3f}{' *' if r.get('uniform_slower') else ''} | "
+              f"{r.get('uniform_accuracy', float('nan')):.4f} |")
     paired = [r for r in rows if "paired_diff" in r]
     if paired:
         n_test = res.get("test_images", 1000)
@@ -285,6 +291,9 @@ def print_budgets(res: dict) -> None:
         per = ", ".join(f"{a:+.4f} ± {b:.4f}" for a, b in zip(d, se))
         z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
         print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE): {per}")
+        if any(r.get("uniform_slower") for r in paired):
+            print("  * every uniform config measured slower than the plan: compared with the fastest one "
+                  "(the plan dominates it where the difference is >= 0)")
         print(f"mean {d.mean():+.4f} over {len(d)} budgets; plan ahead by > 1 SE at {int((d > se).sum())}, behind "
               f"by > 1 SE at {int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; "
               f"summed difference z = {z:+.2f}")
