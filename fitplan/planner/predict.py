@@ -233,8 +233,11 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
     if local:
         cache = out_dir / "latency_calibration.json" if out_dir is not None else None
         int8 = local_int8_calibration(space, profile)
-        model, samples, method = fit_local_latency(space, profile, n=(9 if int8 else 8) if quick else (18 if int8 else 16),
-                                                   seed=seed, cache=cache, batch=batch, quick=quick, int8=int8)
+        n = 8 if quick else 16
+        if int8:  # whole groups of three (fp32 / all-int8 / mixed)
+            n = -(-n // 3) * 3
+        model, samples, method = fit_local_latency(space, profile, n=n, seed=seed, cache=cache, batch=batch,
+                                                   quick=quick, int8=int8)
         kinds = "fp32, all-int8 and mixed 8/32-bit" if int8 else "uncompressed"
         desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on dense/depthwise MACs, "
                 f"activations, launches, per bit-width) fitted to {len(samples)} {kinds} configs measured here "

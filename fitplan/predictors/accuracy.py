@@ -113,6 +113,25 @@ def _compressed_accuracy(model: nn.Module, cfg: Mapping[str, Any], shape: Sequen
     return evaluate(model, None, val_loader, input_shape=shape)
 
 
+def sensitivity_settings(space: Any, bits: Sequence[int] | None = None, sparsities: Sequence[float] | None = None,
+                         two_four: bool = True) -> list[tuple[str, Any, str]]:
+    """The ``(dimension, value, pattern)`` settings :func:`measure_sensitivity` measures one unit at a time:
+    every bit-width below 32 and every sparsity above 0 (unstructured) of ``bits`` / ``sparsities``
+    (default: all of the space's), plus 50 % 2:4 when ``two_four`` and the space has that pattern."""
+    bits = [b for b in (bits if bits is not None else space.bits_choices) if b < 32]
+    sps = [float(s) for s in (sparsities if sparsities is not None else space.sparsity_choices) if s > 0]
+    settings: list[tuple[str, Any, str]] = [("bits", b, "") for b in bits]
+    settings += [("sparsity", s, "unstructured") for s in sps]
+    if two_four and "2:4" in space.sparsity_patterns:
+        settings.append(("sparsity", 0.5, "2:4"))
+    return settings
+
+
+def _sensitivity_row_table(sensitivity: Mapping[str, Any], key: str, pattern: str) -> Mapping[str, Any]:
+    """The ``{value: [drop per unit]}`` table of one setting kind in a :func:`measure_sensitivity` result."""
+    return sensitivity["bits"] if key == "bits" else sensitivity["sparsity"].get(pattern, {})
+
+
 def measure_sensitivity(supernet: nn.Module, val_loader: Iterable, calib_batches: Sequence[torch.Tensor], *,
                         reference: Mapping[str, Any] | None = None, bits: Sequence[int] | None = None,
                         sparsities: Sequence[float] | None = None, two_four: bool = True) -> dict[str, Any]:
@@ -128,22 +147,18 @@ def measure_sensitivity(supernet: nn.Module, val_loader: Iterable, calib_batches
     ref = _arch_only(space, reference if reference is not None else space.largest())
     n = len(space.units())
     active = [u.active for u in space.unit_costs(ref)]
-    bits = [b for b in (bits if bits is not None else space.bits_choices) if b < 32]
-    sps = [float(s) for s in (sparsities if sparsities is not None else space.sparsity_choices) if s > 0]
-    settings: list[tuple[str, Any, str]] = [("bits", b, "") for b in bits]
-    settings += [("sparsity", s, "unstructured") for s in sps]
-    if two_four and "2:4" in space.sparsity_patterns:
-        settings.append(("sparsity", 0.5, "2:4"))
+    settings = sensitivity_settings(space, bits, sparsities, two_four)
     from fitplan.search_spaces.training import recalibrate_bn
 
     recalibrate_bn(supernet, ref, calib_batches)
     base_model = supernet.extract(ref).eval()  # float reference; each setting compresses a copy of it
     shape = space.input_shape(ref)
     base = _compressed_accuracy(copy.deepcopy(base_model), ref, shape, val_loader, calib_batches)
-    out: dict[str, Any] = {"reference": ref, "base_accuracy": base, "bits": {str(b): [None] * n for b in bits},
-                           "sparsity": {"unstructured": {str(s): [None] * n for s in sps}}}
-    if two_four and "2:4" in space.sparsity_patterns:
-        out["sparsity"]["2:4"] = {"0.5": [None] * n}
+    out: dict[str, Any] = {"reference": ref, "base_accuracy": base, "bits": {},
+                           "sparsity": {"unstructured": {}}}
+    for key, val, pattern in settings:
+        table = out["bits"] if key == "bits" else out["sparsity"].setdefault(pattern, {})
+        table[str(val)] = [None] * n
     jobs = [(u, st) for u in range(n) if active[u] for st in settings]
     for u, (key, val, pattern) in tqdm(jobs, desc="sensitivity", leave=False):
         cfg = copy.deepcopy(ref)
@@ -153,8 +168,7 @@ def measure_sensitivity(supernet: nn.Module, val_loader: Iterable, calib_batches
             cfg["sparsity"][u] = val
             cfg["sparsity_pattern"] = pattern
         acc = _compressed_accuracy(copy.deepcopy(base_model), cfg, shape, val_loader, calib_batches)
-        table = out["bits"][str(val)] if key == "bits" else out["sparsity"][pattern][str(val)]
-        table[u] = base - acc
+        _sensitivity_row_table(out, key, pattern)[str(val)][u] = base - acc
     return out
 
 
@@ -389,13 +403,8 @@ class AccuracyPredictor:
         ``bits`` / ``sparsities`` / ``two_four`` keywords; a key left out means all of the space's)."""
         if self.sensitivity is None:
             return False
-        space = self.space
-        bits = [str(b) for b in choices.get("bits", space.bits_choices) if b < 32]
-        sps = [str(float(s)) for s in choices.get("sparsities", space.sparsity_choices) if s > 0]
-        tables = self.sensitivity.get("sparsity", {})
-        return (all(b in self.sensitivity.get("bits", {}) for b in bits)
-                and all(s in tables.get("unstructured", {}) for s in sps)
-                and (not choices.get("two_four", True) or "2:4" not in space.sparsity_patterns or "2:4" in tables))
+        return all(str(val) in _sensitivity_row_table(self.sensitivity, key, pattern)
+                   for key, val, pattern in sensitivity_settings(self.space, **choices))
 
     @classmethod
     def build(cls, supernet: nn.Module, val_loader: Iterable, calib_batches: Sequence[torch.Tensor], *,
