@@ -17,7 +17,8 @@ classifier and costs for depthwise convs and large activations (Quantize/Dequant
 boundary costs layout reorders. So ``float-first`` (float where the depthwise convs and big activations are,
 int8 where the pointwise work is) beats both pure versions, while int8-first and scattered mixes are slower
 than both. The analytic latency model prices exactly these terms (per-class depthwise / dense / activation
-costs and the ``fp32@mixed`` class, :mod:`fitplan.predictors.analytic`), and the planner's local
+costs, and ``bits=8@mixed`` for the int8 units of mixed graphs, which pay reorders and Quantize/Dequantize on
+their activations that an all-int8 graph fuses away: :mod:`fitplan.predictors.analytic`), and the planner's local
 calibration measures int8 and mixed configs so that the search can place 8-bit units where they pay.
 
     python benchmarks/mixed_precision.py [--archs 4] [--r 160] [--seed 0] [--max-seconds 3]

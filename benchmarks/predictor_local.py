@@ -20,7 +20,8 @@ int8/fp32 latency ratio of the same architecture, which no per-arch model can ex
 on all configs).
 
 ``--data FILE.jsonl`` reads a ``fitplan measure`` output file directly instead of the profile's dataset
-(records with status ``ok``; latency = their ``median_ms``; the space from the file's header).
+(the best attempt per config, :func:`fitplan.hw_profiles.measure.best_records`, with status ``ok``;
+latency = its ``median_ms``; the space from the file's header).
 
     python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40] [--models meta analytic auto macs-lsq]
                                          [--data FILE.jsonl]
@@ -124,7 +125,7 @@ def read_jsonl(path: str):
     """``(space, configs, latency_ms, provenance)`` of the ``status == "ok"`` records of a measurements file
     (latency = ``median_ms``; configs validated against the space of the file's header), ``None`` (with a
     message) when the file has no usable records."""
-    from fitplan.hw_profiles.measure import read_measurements
+    from fitplan.hw_profiles.measure import best_records, read_measurements
     from fitplan.search_spaces import create_space
 
     header, records = read_measurements(path)
@@ -135,7 +136,7 @@ def read_jsonl(path: str):
     if space.name != "ofa_mbv3":
         print(f"{path}: space {space.name!r}; this benchmark is for ofa_mbv3", file=sys.stderr)
         return None
-    ok = [r for r in records if r.get("status") == "ok" and r.get("median_ms")]
+    ok = [r for r in best_records(records) if r.get("status") == "ok" and r.get("median_ms")]
     configs = [space.validate(r["config"]) for r in ok]
     y = np.array([float(r["median_ms"]) for r in ok])
     prov = (f"{path}: {len(ok)} ok of {len(records)} records, profile {header.get('profile')}, "

@@ -8,7 +8,9 @@ Example (the shipped local dataset; run on a quiet machine)::
 Configs are sampled deterministically from ``--seed`` by
 :func:`fitplan.hw_profiles.measure.sample_measure_configs` (groups of three: one architecture in fp32 and
 all-int8, another with a per-unit mix of ``--bits``; smallest and largest first, then random architectures
-and resolutions); re-running the same command after an interruption skips what the file already holds.
+and resolutions); re-running the same command after an interruption skips what the file already holds. Measurements that end
+unstable are repeated at the end of the run (``--retries``, default 1); the file keeps every attempt and
+readers use the best one per config.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, default=None, help="time cap of the timed runs per config (default 8)")
     p.add_argument("--rel-tol", type=float, default=None, help="stop when the median's CI is within this "
                                                               "relative half-width (default 0.01)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="measure a config whose measurement ended unstable again, at the end of the run, up to "
+                        "this many times (default 1; every attempt is kept in the file, the best one is used)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=run)
 
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         calib = np.load(args.calib_data, allow_pickle=False)
     rule = {k: v for k, v in (("max_seconds", args.max_seconds), ("rel_tol", args.rel_tol)) if v is not None}
     out = Path(args.out) if args.out else fitplan_home() / "measurements" / f"{profile.name}_{space.name}.jsonl"
-    recs = measure_configs(space, configs, profile, out, calib_inputs=calib, **rule)
+    recs = measure_configs(space, configs, profile, out, calib_inputs=calib, retries=args.retries, **rule)
     if args.json:
         print(json.dumps(recs, indent=1))
         return 0

@@ -30,17 +30,21 @@ depthwise ~5x an int8 dense MAC, strided ~3.5x -- were fitted on this machine's 
 fitplan's earlier int8 export, which left a third of the convs unfused; since that export was fixed, all-int8
 nets here run at ~1.0x fp32, see :func:`fitplan.hw_profiles.measure.quantize_int8`.)
 
-Mixed-precision graphs: the uncompressed units of a config that also has compressed units form their own
-class :data:`MIXED_BASE_CLASS`, a pure multiple of fp32 (one factor, prior toward 1). On this machine's ONNX
-Runtime they cost ~1.3x their all-fp32 cost (shipped dataset, in-sample: layout reorders and
-Quantize/Dequantize at the precision boundaries); in N=20 calibrations the class lifts Spearman from 0.92
-to 0.95 and the share of mixed predictions within ±10 % from 37 % to 59 %. Per unit, int8 is cheaper than
-fp32 for dense (pointwise) MACs and dearer for depthwise MACs and activations, so a net that keeps its early
-layers float and its late ones int8 runs faster than both pure versions of its architecture
-(``benchmarks/mixed_precision.py``) and the model says so. (Mixed graphs used to measure ~1.5x slower than
-both pure versions: the exporter shared equal biases between an int8 and a float conv, and the quantized
-bias knocked the float conv off the fast kernels -- fixed in
-:func:`~fitplan.hw_profiles.measure.quantize_int8`, the dataset re-measured.)
+Mixed-precision graphs: the *compressed* units of a config that also runs uncompressed units form classes of
+their own, ``"<class>@mixed"`` (e.g. ``"bits=8@mixed"``, :func:`mixed_class`), fitted like any compressed
+class, with a weak prior tying their factor to the same class in pure graphs (``lam_mixed``). Why: on this
+machine's ONNX Runtime an int8 unit inside a mixed graph costs ~1.4x what it costs in an all-int8 graph,
+nearly all of it per activation element (~5x the all-int8 activation coefficient: the int8 convs of a mixed
+graph pay layout reorders and Quantize/Dequantize on their activations that an all-int8 graph fuses away),
+while the float units of a mixed graph cost what they cost in an all-fp32 one (fitted factor 1.02). On the
+shipped dataset (in-sample) the class lifts mixed predictions within ±10 % from 66 % to 96 %; in N=20
+calibrations Spearman over all configs from 0.960 to 0.970 and the share within ±10 % from 71 % to 77 %
+(mixed 59 % -> 74 %). Per unit, int8 is cheaper than fp32 for dense (pointwise) MACs and dearer for depthwise
+MACs and activations, so a net that keeps its early layers float and its late ones int8 runs faster than both
+pure versions of its architecture (``benchmarks/mixed_precision.py``) and the model says so. A predictor
+fitted without mixed samples prices a mixed config's compressed units with their pure-graph class. (Format 4
+states priced the *float* units of mixed graphs as a class ``"fp32@mixed"`` instead, :data:`MIXED_BASE_CLASS`;
+they still load and predict as they did.)
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
@@ -75,8 +79,10 @@ effect in :meth:`~CostModelPredictor.predict_with_flags` (``unknown="fp32"``) --
 
 State: :meth:`~CostModelPredictor.state_dict` is plain JSON (format ``fitplan.analytic_latency``, version
 :data:`ANALYTIC_FORMAT_VERSION`), storable under ``profile.predictors[space]`` or in a file with
-:meth:`~CostModelPredictor.save`. Version 4 adds the mixed-graph class :data:`MIXED_BASE_CLASS`; version 3 states
-(the same five features, no such class: mixed configs priced as before) still load; older states (version 2:
+:meth:`~CostModelPredictor.save`. Version 4 added the mixed-graph class :data:`MIXED_BASE_CLASS`; version 3 states
+(the same five features, no such class: mixed configs priced as before) still load, as do version 4 states
+(:data:`MIXED_BASE_CLASS`); version 5 prices compressed units of mixed graphs by ``"<class>@mixed"`` classes;
+older states (version 2:
 no strided-depthwise feature; version 1: one MAC column) are refused with a :class:`~fitplan.errors.ConfigError`
 asking to recalibrate.
 """
@@ -97,20 +103,22 @@ from fitplan.jsonio import check_finite, load_versioned, save_versioned
 from fitplan.predictors.samples import iter_samples
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
-ANALYTIC_FORMAT_VERSION = 4
-#: versions :meth:`CostModelPredictor.from_state` reads (3: same features, no mixed-graph class).
-READABLE_VERSIONS = (3, 4)
+ANALYTIC_FORMAT_VERSION = 5
+#: versions :meth:`CostModelPredictor.from_state` reads (3: same features, no mixed-graph class; 4: the
+#: float units of mixed graphs as :data:`MIXED_BASE_CLASS`).
+READABLE_VERSIONS = (3, 4, 5)
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
 UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6")
 _FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6])
 #: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
 BASE_CLASS = "fp32"
-#: class of uncompressed units in a config that also has compressed units (a *mixed-precision graph*).
-#: Why apart: on ONNX Runtime's x86 CPU EP a QDQ graph that mixes precisions pays layout reorders and
-#: Quantize/Dequantize at every int8/float boundary; on this machine its float units cost ~1.3x their
-#: all-fp32 cost. It is fitted like a compression class (tied to fp32 by a factor, then shrunk), so a device
-#: without the effect fits ~1.
-MIXED_BASE_CLASS = "fp32@mixed"
+#: suffix of the class of compressed units in a config that also runs uncompressed units (a *mixed-precision
+#: graph*): ``"bits=8@mixed"``. Why apart: on ONNX Runtime's x86 CPU EP the int8 units of a mixed QDQ graph
+#: pay layout reorders and Quantize/Dequantize on their activations that an all-int8 graph fuses away (~1.4x
+#: their all-int8 cost here, module doc).
+MIXED_SUFFIX = "@mixed"
+#: format-4 states only: the class of the *uncompressed* units of mixed graphs (read, no longer fitted).
+MIXED_BASE_CLASS = "fp32" + MIXED_SUFFIX
 #: fewest distinct calibration configs accepted.
 MIN_SAMPLES = 3
 _ACT = UNIT_FEATURES.index("act_elems_1e5")
@@ -134,8 +142,9 @@ class CostModelHyper:
             one in the tied stage.
         lam_dw_strided: shrinkage of a compressed class's extra cost per *strided* depthwise MAC toward 0 in
             the tied stage (fp32 has none: its strided depthwise MACs cost what its other ones do).
-        lam_mixed: prior weight on ``log(s)²`` of the mixed-graph class's factor (:data:`MIXED_BASE_CLASS`):
-            a few mixed samples with ordinary noise then leave it near 1, a real slow-down still shows.
+        lam_mixed: prior weight on ``log(s_mixed / s_c)²``, a mixed-graph class's factor (``"<c>@mixed"``,
+            :data:`MIXED_SUFFIX`) relative to its pure-graph class's: a few mixed samples with ordinary noise
+            then leave it near the pure class, a real slow-down still shows.
         huber: Huber threshold in robust standard deviations of the relative residuals (0: plain least squares).
         irls_iters: reweighting rounds when ``huber > 0``.
         factor_min, factor_max, factor_grid: log-grid of the per-class factor ``s_c`` (refined to ~1 %).
@@ -190,6 +199,11 @@ def unit_class(bits: Any, sparsity: Any, pattern: Any) -> str:
     if float(sparsity) > 0:
         parts.append(f"sparsity={float(sparsity):g}:{pattern}")
     return "+".join(parts) or BASE_CLASS
+
+
+def mixed_class(label: str) -> str:
+    """Class of a compressed unit of class ``label`` inside a mixed-precision graph: ``"bits=8@mixed"``."""
+    return label + MIXED_SUFFIX
 
 
 def _space_of(space: Any) -> Any:
@@ -256,13 +270,16 @@ class UnitFeaturizer:
         per config, the classes of working units that are not in ``classes`` (their features go to the
         ``fallback`` class's columns when given, else they are dropped).
 
-        Uncompressed working units of a config whose other working units are compressed are labelled
-        :data:`MIXED_BASE_CLASS` when ``classes`` has that class or is empty (discovering the labels);
-        states fitted without it (format 3) price them as ``fp32``, as before."""
+        In a config whose working units are partly uncompressed and partly compressed (a mixed graph), a
+        compressed unit of class ``c`` is labelled ``"c@mixed"`` (:func:`mixed_class`) when ``classes`` is
+        empty (discovering the labels) or has that class; else it keeps ``c`` (a predictor fitted without
+        mixed samples). Format-4 classes (:data:`MIXED_BASE_CLASS` in ``classes``) label the uncompressed
+        units of mixed graphs instead, as those states were fitted; format 3 splits nothing."""
         j = len(UNIT_FEATURES)
         pos = {c: k for k, c in enumerate(classes)}
         fb = pos.get(fallback, -1) if fallback is not None else -1
-        split_mixed = not classes or MIXED_BASE_CLASS in pos
+        legacy = MIXED_BASE_CLASS in pos
+        split_mixed = not classes or legacy or any(c.endswith(MIXED_SUFFIX) for c in pos)
         n, u, c = len(configs), self._n_units, len(classes)
         z = np.zeros((n, u, j))
         onehot = np.zeros((n, u, c))
@@ -275,7 +292,11 @@ class UnitFeaturizer:
             if split_mixed:
                 working = {lab for k, lab in enumerate(labels) if zi[k].any()}
                 if BASE_CLASS in working and len(working) > 1:
-                    labels = [MIXED_BASE_CLASS if lab == BASE_CLASS else lab for lab in labels]
+                    if legacy:
+                        labels = [MIXED_BASE_CLASS if lab == BASE_CLASS else lab for lab in labels]
+                    else:
+                        labels = [lab if lab == BASE_CLASS or (classes and mixed_class(lab) not in pos)
+                                  else mixed_class(lab) for lab in labels]
             for k, lab in enumerate(labels):
                 col = pos.get(lab, -1)
                 if col < 0:
@@ -344,32 +365,32 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     x[:, 1 + j * base + _SDW] = 0.0  # fp32 has no extra strided-depthwise cost (its coefficient stays 0)
     blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
     comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
-    # compressed classes get their own depthwise / strided-depthwise columns; the mixed-graph class is a pure
-    # multiple of fp32 (its units run the float kernels, only slower)
-    own = [k for k in comp if classes[k] != MIXED_BASE_CLASS]
+    # a mixed-graph class's factor is tied (weakly) to its pure-graph class's factor
+    parent = {k: classes.index(classes[k][:-len(MIXED_SUFFIX)]) for k in comp
+              if classes[k].endswith(MIXED_SUFFIX) and classes[k][:-len(MIXED_SUFFIX)] in classes}
     factors = {k: 1.0 for k in comp}
     grid = np.exp(np.linspace(math.log(h.factor_min), math.log(h.factor_max), h.factor_grid))
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
-    lam_t = np.concatenate([lam_t, np.zeros(len(own)), np.full(len(own), h.lam_dw_strided)])
+    lam_t = np.concatenate([lam_t, np.zeros(len(comp)), np.full(len(comp), h.lam_dw_strided)])
 
     def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
         # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column, then
         # per compressed class its own extra strided-depthwise-MAC column (shrunk toward 0)]
         merged = blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)
-        merged[:, _DW] = blocks[base][:, _DW] + sum((fac[k] * blocks[k][:, _DW] for k in comp if k not in own), 0.0)
+        merged[:, _DW] = blocks[base][:, _DW]
         merged[:, _SDW] = 0.0
-        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in own]
-                             + [blocks[k][:, _SDW] for k in own])
+        xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp]
+                             + [blocks[k][:, _SDW] for k in comp])
         sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
         ties = [(1 + _DW, 1 + _DENSE, h.lam_dw, 1.0)] + [(1 + j + i, 1 + _DW, h.lam_dw_class, fac[k])
-                                                         for i, k in enumerate(own)]
+                                                         for i, k in enumerate(comp)]
         w_t, loss = _nnls_rel(xr, y, wts, lam_t, np.zeros(xr.shape[1]), sc, ties)
-        return w_t, loss + sum(h.lam_mixed * math.log(fac[k]) ** 2 for k in comp if k not in own)
+        return w_t, loss + sum(h.lam_mixed * math.log(fac[k] / fac[p]) ** 2 for k, p in parent.items())
 
-    for _ in range(2 if len(comp) > 1 else 1):  # coordinate search over the class factors
-        for k in comp:
+    for _ in range(2 if len(comp) > 1 else 1):  # coordinate search over the class factors (pure classes first)
+        for k in sorted(comp, key=lambda k: k in parent):
             vals = [tied({**factors, k: s})[1] for s in grid]
             best = float(grid[int(np.argmin(vals))])
             fine = best * np.exp(np.linspace(-step, step, 11))
@@ -387,16 +408,14 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
             ref[sl] = v[1:]
             lam[1 + j * k + _ACT] = h.lam_act
             lam[1 + j * k + _DW] = h.lam_dw
-        elif k in own:
+        elif k in parent:  # mixed-graph class: shrunk toward its pure class's (free) coefficients x s / s_pure
+            ties += [(1 + j * k + f, 1 + j * parent[k] + f, h.lam_dev, factors[k] / factors[parent[k]])
+                     for f in range(j)]
+        else:
             ref[sl] = factors[k] * v[1:]
-            ref[1 + j * k + _DW] = vt[1 + j + own.index(k)]
-            ref[1 + j * k + _SDW] = vt[1 + j + len(own) + own.index(k)]
+            ref[1 + j * k + _DW] = vt[1 + j + comp.index(k)]
+            ref[1 + j * k + _SDW] = vt[1 + j + len(comp) + comp.index(k)]
             lam[sl] = h.lam_dev
-        else:  # mixed-graph class: tied to its factor x the (free) fp32 coefficients, feature by feature
-            ref[sl] = factors[k] * v[1:]
-            ties += [(1 + j * k + f, 1 + j * base + f, 1e3, factors[k]) for f in range(j) if f != _SDW]
-            ref[1 + j * k + _SDW] = 0.0
-            lam[1 + j * k + _SDW] = 1e3
     scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
     w, _ = _nnls_rel(x, y, wts, lam, ref, scale, ties)
     coef = {c: w[1 + j * k:1 + j * (k + 1)].copy() for k, c in enumerate(classes)}
@@ -525,8 +544,6 @@ class CostModelPredictor:
         for labels in present:
             for c in labels:
                 counts[c] = counts.get(c, 0) + 1
-        if BASE_CLASS not in counts and MIXED_BASE_CLASS in counts:  # no all-fp32 sample: no mixed-graph split
-            counts[BASE_CLASS] = counts.pop(MIXED_BASE_CLASS)
         if BASE_CLASS not in counts:
             raise ConfigError("samples", "no sample has uncompressed (32-bit, dense) units: the fp32 costs the "
                                          "compressed classes are tied to are unknown; add fp32 or mixed configs")
@@ -681,11 +698,13 @@ __all__ = [
     "ANALYTIC_FORMAT_VERSION",
     "BASE_CLASS",
     "MIXED_BASE_CLASS",
+    "MIXED_SUFFIX",
     "UNIT_FEATURES",
     "CostModelHyper",
     "CostModelPredictor",
     "UnitFeaturizer",
     "loo_relative_errors",
+    "mixed_class",
     "parse_cost_samples",
     "unit_class",
 ]

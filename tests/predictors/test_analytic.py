@@ -80,9 +80,9 @@ def test_recovers_known_per_unit_costs(ofa):
     configs = _configs(ofa, 60, seed=0)
     y = _truth(ofa, configs)
     m = CostModelPredictor.fit(ofa, _samples(configs, y), hyper=EXACT)
-    # the truth prices the float units of mixed configs as fp32: their own class finds the fp32 costs
-    assert m.classes == ["fp32", "bits=8", "fp32@mixed"]
-    for c, w in {**TRUE, "fp32@mixed": TRUE["fp32"]}.items():
+    # the truth prices the int8 units of mixed configs as in all-int8 ones: their own class finds those costs
+    assert m.classes == ["fp32", "bits=8", "bits=8@mixed"]
+    for c, w in {**TRUE, "bits=8@mixed": TRUE["bits=8"]}.items():
         np.testing.assert_allclose(m.coef[c], w, rtol=1e-3, atol=1e-5)
     assert m.intercept_ms == pytest.approx(TRUE_B, rel=1e-3)
     # default (shrunk, robust) fit from 15 samples still predicts unseen configs of all three kinds closely
@@ -139,7 +139,7 @@ def test_state_round_trip(ofa, tmp_path: Path):
     m = CostModelPredictor.fit(ofa, _samples(configs, _truth(ofa, configs)), device="dev")
     test = _configs(ofa, 10, seed=9)
     state = json.loads(json.dumps(m.state_dict()))
-    assert state["format"] == ANALYTIC_FORMAT and state["format_version"] == ANALYTIC_FORMAT_VERSION == 4
+    assert state["format"] == ANALYTIC_FORMAT and state["format_version"] == ANALYTIC_FORMAT_VERSION == 5
     assert state["unit_features"] == list(UNIT_FEATURES)
     for loaded in (CostModelPredictor.from_state(state), load_profile_predictor(state)):
         assert isinstance(loaded, CostModelPredictor)
@@ -164,7 +164,7 @@ def test_recovers_slow_int8_depthwise_from_few_samples(ofa):
     depthwise kernels are poor on x86): the int8/fp32 latency ratio then varies with kernel sizes and
     resolution, which one MAC feature cannot express. 21 samples with 3 % noise (a third each fp32 / int8 /
     mixed) recover it; with the depthwise coefficients tied to the dense ones (the single-MAC model) the
-    error is several times larger."""
+    median error is over twice, the worst error over three times as large."""
     true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0]), "bits=8": np.array([0.08, 0.32, 0.0, 0.06, 0.0])}
     configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=20, noise_seed=0)
     assert np.median(ape) < 0.015 and ape.max() < 0.08
@@ -176,7 +176,7 @@ def test_recovers_slow_int8_depthwise_from_few_samples(ofa):
     tied = CostModelPredictor.fit(ofa, _samples(configs, y), hyper={"lam_dw": 1e6, "lam_dw_class": 1e6,
                                                                    "lam_dev": 1e6})
     ape_tied = np.abs(tied.predict(test) / truth - 1)
-    assert np.median(ape_tied) > 3 * np.median(ape) and ape_tied.max() > 0.15
+    assert np.median(ape_tied) > 2 * np.median(ape) and ape_tied.max() > 3 * ape.max()
 
 
 def test_version_1_state_is_refused(ofa):
@@ -341,25 +341,43 @@ def test_shipped_local_dataset_fp32_int8_mixed_from_one_fit():
     assert spearmanr(p, y[test])[0] > 0.85
 
 
-def test_float_units_of_mixed_precision_graphs_are_priced_apart(ofa):
-    """Truth where the float units of a config that mixes int8 and fp32 cost 2.4x their all-fp32 cost (ONNX
-    Runtime's x86 EP loses its NCHWc float kernels in such graphs): the mixed-graph class recovers it; a
-    version-3 state (no such class) still loads and prices those units as fp32, as it always did."""
-    from fitplan.predictors.analytic import MIXED_BASE_CLASS
+def test_compressed_units_of_mixed_precision_graphs_are_priced_apart(ofa):
+    """Truth where the int8 units of a config that also runs float units cost more than in an all-int8
+    config, mostly per activation element (ONNX Runtime's x86 EP: reorders and Q/DQ on their activations):
+    the ``bits=8@mixed`` class recovers it. A predictor fitted without mixed samples prices mixed configs
+    with the pure classes; format-4 states (float units of mixed graphs as ``fp32@mixed``) and format-3
+    states (no mixed class) still load and predict as they were fitted."""
+    from fitplan.predictors.analytic import MIXED_BASE_CLASS, mixed_class
 
-    true = {"fp32": TRUE["fp32"], "bits=8": 1.05 * TRUE["fp32"], MIXED_BASE_CLASS: 2.4 * TRUE["fp32"]}
+    slow = TRUE["bits=8"] * np.array([1.1, 1.0, 5.0, 1.2, 1.0])
+    true = {"fp32": TRUE["fp32"], "bits=8": TRUE["bits=8"], mixed_class("bits=8"): slow}
     configs = _configs(ofa, 30, seed=30)
     m = CostModelPredictor.fit(ofa, _samples(configs, _truth(ofa, configs, true)))
-    assert MIXED_BASE_CLASS in m.classes and m.factors[MIXED_BASE_CLASS] == pytest.approx(2.4, rel=0.1)
+    assert m.classes == ["fp32", "bits=8", "bits=8@mixed"]
+    j = len(UNIT_FEATURES)
+    xm = UnitFeaturizer(ofa).design(configs, list(true))[0][:, 1 + 2 * j:]  # the int8 units of mixed configs
+    true_ratio = np.sum(xm @ slow) / np.sum(xm @ TRUE["bits=8"])
+    assert true_ratio > 1.1
+    assert m.factors["bits=8@mixed"] / m.factors["bits=8"] == pytest.approx(true_ratio, rel=0.05)
     test = _configs(ofa, 30, seed=31)
     assert np.median(np.abs(m.predict(test) / _truth(ofa, test, true) - 1)) < 0.03
-    legacy = json.loads(json.dumps(m.state_dict()))
-    legacy["format_version"] = 3
-    del legacy["coef"][MIXED_BASE_CLASS]
-    legacy["factors"].pop(MIXED_BASE_CLASS, None)
-    old = CostModelPredictor.from_state(legacy)
+    pure = CostModelPredictor.fit(ofa, _samples(*(lambda c: (c, _truth(ofa, c, true)))(
+        _configs(ofa, 20, seed=32, kinds=("fp32", "int8")))))
+    assert pure.classes == ["fp32", "bits=8"]  # no mixed sample: mixed configs priced by the pure classes
     mixed = [c for c in test if len(set(c["bits"])) > 1]
-    as_fp32 = [dict(c, bits=[8 if b == 8 else 32 for b in c["bits"]]) for c in mixed]
-    x, _ = UnitFeaturizer(ofa).design(as_fp32, ["fp32", "bits=8"])
-    np.testing.assert_allclose(old.predict(mixed), x @ np.concatenate([[old.intercept_ms]] + [old.coef[c] for c in
-                                                                                           ["fp32", "bits=8"]]))
+    assert np.all(pure.predict(mixed) < _truth(ofa, mixed, true))
+    for version, extra in ((4, {MIXED_BASE_CLASS: 1.3 * TRUE["fp32"]}), (3, {})):
+        legacy = json.loads(json.dumps(m.state_dict()))
+        legacy["format_version"] = version
+        del legacy["coef"]["bits=8@mixed"]
+        legacy["factors"].pop("bits=8@mixed", None)
+        legacy["coef"].update({k: list(v) for k, v in extra.items()})
+        old = CostModelPredictor.from_state(legacy)
+        classes = ["fp32", "bits=8", *extra]
+        x, _ = UnitFeaturizer(ofa).design(mixed, classes)
+        w = np.concatenate([[old.intercept_ms]] + [old.coef[c] for c in classes])
+        np.testing.assert_allclose(old.predict(mixed), x @ w)
+        if version == 4:  # its float units of mixed graphs are priced 1.3x: dearer than the pure classes
+            assert np.all(old.predict(mixed) > CostModelPredictor.from_state(
+                {**legacy, "format_version": 3, "coef": {k: v for k, v in legacy["coef"].items()
+                                                         if k != MIXED_BASE_CLASS}}).predict(mixed))
