@@ -74,6 +74,27 @@ def unshare_initializers(model: "onnx.ModelProto", op_types: Sequence[str] | Non
     return made
 
 
+def name_unnamed_nodes(model: "onnx.ModelProto") -> int:
+    """Name every unnamed node after the scope of the node producing its first input; returns how many.
+
+    Why: ONNX Runtime's quantization pre-processing decomposes some ops into new, unnamed nodes (HardSwish
+    into HardSigmoid + Mul), and the scope names of the TorchScript exporter (``/blocks.4/conv/Conv``) are
+    how fitplan selects the nodes of the 8-bit units of a mixed-precision graph; unnamed nodes would stay
+    float inside an int8 unit. The new name ``<producer's scope>/<op type>_fitplan<k>`` keeps the producer's
+    scope (the graph is topologically sorted, so producers are named first)."""
+    producer: dict[str, str] = {}
+    count = 0
+    for node in model.graph.node:
+        if not node.name:
+            src = producer.get(node.input[0], "") if node.input else ""
+            scope = src.rsplit("/", 1)[0] if "/" in src else ""
+            node.name = f"{scope}/{node.op_type}_fitplan{count}"
+            count += 1
+        for out in node.output:
+            producer[out] = node.name
+    return count
+
+
 def ort_session(path: str | os.PathLike, threads: int = 1, *, inter_op_threads: int = 1,
                 providers: Sequence[str] = ("CPUExecutionProvider",)):
     """An ONNX Runtime session with pinned thread counts (timing is meaningless otherwise)."""

@@ -14,8 +14,9 @@ How one config is measured (:func:`measure_config`):
      ``QuantFormat.QDQ``, per-channel int8 weights, int8 activations, MinMax calibration on real input
      batches passed as ``calib_inputs``; synthetic N(0,1) inputs otherwise, which is labelled in the
      record: for *latency* the scale values do not matter, only which nodes are quantized). When 8 and 32
-     are mixed, only the Conv/Gemm/MatMul nodes of the 8-bit units are quantized (``nodes_to_quantize``,
-     found from the ONNX node scope names); if that mapping finds no node, the whole model is quantized
+     are mixed, only the nodes of the 8-bit units are quantized (``nodes_to_quantize``, found from the ONNX
+     node scope names, every op type the quantizer handles: :func:`nodes_for_modules`); if that mapping finds
+     no node, the whole model is quantized
      when no active unit is above 8 bits, else the config is recorded as not measurable.
      Dynamic int8 quantization is not used: on CPU it is slower than static QDQ for convolutions.
    * any active 4-bit unit -> **not measurable**: onnxruntime's CPU EP has no int4 Conv kernels.
@@ -147,15 +148,32 @@ def scope_qualname(node_name: str) -> str:
     return cur
 
 
-def nodes_for_modules(onnx_path: str | os.PathLike, module_names: Iterable[str]) -> list[str]:
-    """Names of the quantizable ONNX nodes that belong to the given (dotted) submodules."""
+def quantizer_op_types() -> frozenset[str]:
+    """Every op type ONNX Runtime's static quantizer handles in QDQ format (what ``quantize_static`` quantizes
+    when it is given no node list): the weight ops plus Add, Mul, pooling, Sigmoid, Concat, Reshape, ..."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+
+
+def nodes_for_modules(onnx_path: str | os.PathLike | Any, module_names: Iterable[str],
+                      op_types: Iterable[str] | None = None) -> list[str]:
+    """Names of the ONNX nodes that belong to the given (dotted) submodules and whose op type the quantizer
+    handles (``op_types``, default :func:`quantizer_op_types`).
+
+    Why every op type and not only Conv/Gemm/MatMul: in a mixed-precision graph the residual Add, the
+    squeeze-excite Mul and pooling of an 8-bit unit left in float wrap each of its int8 convs in
+    Dequantize/Quantize and layout reorders; quantized, they fuse into ``QLinearAdd`` / ``QLinearMul`` / ...
+    and the unit runs as it does in an all-int8 graph. ``onnx_path`` may also be a loaded ``ModelProto``."""
     import onnx
 
     prefixes = [m for m in module_names if m]
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    types = frozenset(op_types) if op_types is not None else quantizer_op_types()
+    graph = (onnx_path if isinstance(onnx_path, onnx.ModelProto)
+             else onnx.load(str(onnx_path), load_external_data=False)).graph
     out = []
     for node in graph.node:
-        if node.op_type not in QUANTIZABLE_OPS:
+        if node.op_type not in types:
             continue
         q = scope_qualname(node.name)
         if any(q == p or q.startswith(p + ".") for p in prefixes):
@@ -164,7 +182,8 @@ def nodes_for_modules(onnx_path: str | os.PathLike, module_names: Iterable[str])
 
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_inputs: np.ndarray,
-                  batch: int = 1, nodes_to_quantize: Sequence[str] | None = None) -> Path:
+                  batch: int = 1, nodes_to_quantize: Sequence[str] | None = None,
+                  modules: Sequence[str] | None = None) -> Path:
     """Static int8 QDQ quantization, calibrated on ``calib_inputs`` ``[n, *input]``: per-channel int8
     weights, uint8 activations (U8S8, the layout of the QAT exports of
     :mod:`fitplan.search_spaces.compression`), after onnxruntime's quantization pre-processing.
@@ -181,11 +200,16 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
     Weights use ``reduce_range`` (7-bit magnitudes): without VNNI, x86 U8S8 kernels sum pairs of u8 x s8
     products in int16 and saturate; on this AVX2 machine the full 8-bit range cost an MNIST subnet 2.4
-    points of top-1 against its fake-quant torch model, 7 bits none (same kernels, same latency)."""
+    points of top-1 against its fake-quant torch model, 7 bits none (same kernels, same latency).
+
+    ``modules`` (dotted module scopes, :func:`int8_module_names`) quantizes only their nodes, selected on
+    the *pre-processed* graph after :func:`fitplan.onnx_utils.name_unnamed_nodes` (the pre-processing
+    decomposes HardSwish into new, unnamed nodes that a list taken from the export would miss);
+    ``nodes_to_quantize`` gives the node names directly; neither quantizes the whole graph."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fitplan.onnx_utils import unshare_initializers
+    from fitplan.onnx_utils import name_unnamed_nodes, unshare_initializers
 
     root = logging.getLogger()
     level = root.level
@@ -196,8 +220,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         pre = Path(out_path).with_name(Path(out_path).stem + ".pre.onnx")
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre), load_external_data=False)
-        if unshare_initializers(model, QUANTIZABLE_OPS):
+        if unshare_initializers(model, QUANTIZABLE_OPS) + name_unnamed_nodes(model):
             onnx.save(model, str(pre))
+        if modules is not None:
+            nodes_to_quantize = nodes_for_modules(model, modules)
         name = model.graph.input[0].name
         quantize_static(str(pre), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
@@ -279,7 +305,7 @@ def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1,
     """Measure an ``nn.Module`` for inputs ``(batch, *input_shape)``.
 
     ``variant="int8"`` quantizes with static QDQ; ``int8_modules`` (dotted submodule names) restricts it
-    to those modules' Conv/Gemm/MatMul nodes, ``None`` quantizes every such node.
+    to those modules' nodes (:func:`nodes_for_modules`), ``None`` quantizes the whole graph.
     """
     from fitplan.onnx_utils import export_onnx
 
@@ -290,17 +316,17 @@ def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1,
         fp32 = export_onnx(module, input_shape, d / "model.onnx", batch=batch)
         if variant == "fp32":
             return measure_onnx(fp32, input_shape, threads=threads, batch=batch, variant="fp32", **rule)
-        nodes = None
-        scope = "all Conv/Gemm/MatMul nodes"
+        scope = "the whole graph"
         if int8_modules is not None:
-            nodes = nodes_for_modules(fp32, int8_modules)
-            if not nodes:
+            mapped = nodes_for_modules(fp32, int8_modules)
+            if not mapped:
                 return Measurement(status="not_measurable", variant="int8",
                                    reason="no ONNX node could be mapped to the 8-bit units",
                                    fingerprint=machine_fingerprint(threads, batch))
-            scope = f"{len(nodes)} Conv/Gemm/MatMul nodes of the 8-bit units"
+            scope = (f"the {len(mapped)} exported nodes of the 8-bit units (every op type the quantizer handles) "
+                     "and the ops quantization pre-processing splits off them")
         x, calib_note = _calib_array(calib_inputs, input_shape)
-        q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, nodes_to_quantize=nodes)
+        q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, modules=int8_modules)
         note = (f"int8 static QDQ (onnxruntime.quantization after its pre-processing, per-channel int8 weights, uint8 "
                 f"activations, MinMax "
                 f"calibration on {calib_note}) of {scope}")
@@ -317,12 +343,30 @@ def active_unit_bits(space: Any, cfg: Mapping[str, Any], module: Any) -> list[tu
     return [(b, list(names)) for b, names in zip(cfg["bits"], units) if names]
 
 
+def unit_scope(names: Sequence[str]) -> list[str]:
+    """The dotted scope of one unit's modules: their longest common prefix (``blocks.4`` for
+    ``blocks.4.depth_conv.conv``, ``blocks.4.point_linear.bn``, ...), which also holds the unit's functional
+    ops (residual Add, squeeze-excite Mul) that no leaf module owns; the names themselves when they share
+    no prefix."""
+    if not names:
+        return []
+    split = [n.split(".") for n in names]
+    common: list[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    if len(names) == 1:
+        return [names[0]]
+    return [".".join(common)] if common else list(names)
+
+
 def int8_module_names(active: Sequence[tuple[int, Sequence[str]]]) -> list[str] | None:
-    """Dotted names of the 8-bit units' modules (:func:`active_unit_bits`), or ``None`` when every active
-    unit is 8-bit (quantize the whole graph)."""
+    """Dotted scopes of the 8-bit units (:func:`unit_scope` of each unit's modules, :func:`active_unit_bits`),
+    or ``None`` when every active unit is 8-bit (quantize the whole graph)."""
     if all(b == 8 for b, _ in active):
         return None
-    return [n for b, ns in active if b == 8 for n in ns]
+    return [s for b, ns in active if b == 8 for s in unit_scope(ns)]
 
 
 def _apply_sparsity(module: Any, cfg: Mapping[str, Any]) -> Any:
@@ -560,9 +604,11 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
 def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int] = (8, 32)) -> list[dict[str, Any]]:
     """``n`` distinct configs for a measured dataset, in groups of three: an architecture in fp32 and the
     *same* architecture all-int8 (so the int8 speed-up is measured pairwise), then another architecture
-    with a random per-unit mix of ``bits``. The first two architectures are the smallest and largest;
-    the rest sample every arch / resolution dimension. Sparsity stays 0 (onnxruntime CPU has no sparse
-    kernels, so it would not change latency)."""
+    with a mix of ``bits`` over its active units -- in alternate groups a coin flip per unit, or a split at a
+    random point (the first units float and the rest low-bit, or the reverse: the contiguous patterns a
+    latency-guided search ends up with, whose cost differs from scattered mixes). The first two
+    architectures are the smallest and largest; the rest sample every arch / resolution dimension.
+    Sparsity stays 0 (onnxruntime CPU has no sparse kernels, so it would not change latency)."""
     if n < 1:
         raise ConfigError("n", f"must be >= 1, got {n}")
     bad = [b for b in bits if b not in space.bits_choices]
@@ -586,6 +632,15 @@ def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int
             seen.add(k)
             out.append(cfg)
 
+    def split(arch: dict[str, Any]) -> list[int]:
+        active = [i for i, u in enumerate(space.unit_costs(arch)) if u.active] or list(range(units))
+        k = int(rng.integers(1, max(len(active), 2)))
+        first, rest = (hi, lo) if rng.random() < 0.5 else (lo, hi)
+        out_bits = [hi] * units
+        for j, i in enumerate(active):
+            out_bits[i] = first if j < k else rest
+        return out_bits
+
     tries = 0
     while len(out) < n and tries < 50 * n + 100:
         tries += 1
@@ -594,5 +649,6 @@ def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int
         if lo != hi:
             add({**a, "bits": [lo] * units})
             b = next_arch()
-            add({**b, "bits": [int(bits[int(j)]) for j in rng.integers(len(bits), size=units)]})
+            mix = split(b) if tries % 2 == 0 else [int(bits[int(j)]) for j in rng.integers(len(bits), size=units)]
+            add({**b, "bits": mix})
     return out

@@ -105,7 +105,7 @@ def save_and_export(module: nn.Module, space: Any, config: Mapping[str, Any], ou
     then fake quantisers are baked away for the float export (parametrised modules cannot be deep-copied).
     Returns ``(artifacts, checks)``; ``module`` ends as the plain float model.
     """
-    from fitplan.hw_profiles.measure import active_unit_bits, int8_module_names, nodes_for_modules, quantize_int8
+    from fitplan.hw_profiles.measure import active_unit_bits, int8_module_names, quantize_int8
     from fitplan.onnx_utils import export_onnx, max_abs_diff_vs_torch, run_onnx
     from fitplan.search_spaces.compression import finalize
 
@@ -134,8 +134,7 @@ def save_and_export(module: nn.Module, space: Any, config: Mapping[str, Any], ou
     checks["onnx_max_abs_diff"] = max_abs_diff_vs_torch(module, p, check_x)
     if int8_ptq:
         names = int8_module_names(active)
-        p8 = quantize_int8(p, out_dir / "model_int8.onnx", check_x.detach().cpu().numpy(),
-                           nodes_to_quantize=nodes_for_modules(p, names) if names is not None else None)
+        p8 = quantize_int8(p, out_dir / "model_int8.onnx", check_x.detach().cpu().numpy(), modules=names)
         artifacts["model_int8_onnx"] = str(p8)
         checks["int8_onnx_max_abs_diff_vs_fake_quant_torch"] = float(np.abs(run_onnx(p8, check_x) - fake_quant_ref).max())
     return artifacts, checks

@@ -49,7 +49,7 @@ def test_measure_config_variants(tiny_space):
     assert int8.variant == "int8" and "QDQ" in int8.method
     mixed = measure_config(tiny_space, {**big, "bits": [8, 32, 32, 8]}, prof, **FAST)
     _check_ok(mixed)
-    assert mixed.variant == "mixed-int8" and "2 Conv/Gemm/MatMul nodes" in mixed.method
+    assert mixed.variant == "mixed-int8" and "exported nodes of the 8-bit units" in mixed.method
     # an inactive unit's bits do not matter: d=1 makes b2 inactive
     small = {**tiny_space.smallest(), "bits": [32, 32, 4, 32]}
     assert measure_config(tiny_space, small, prof, **FAST).variant == "fp32"
@@ -183,3 +183,17 @@ def test_cli_measure(registered_tiny, home, tmp_path, capsys):
     assert main(["measure", "--space", registered_tiny, "--n", "1", "--retries", "-1", "--out", str(out)]) == 2
     assert "retries" in capsys.readouterr().err
     assert main(["measure", "--space", registered_tiny, "--bits", "8,16", "--n", "1"]) == 2
+
+
+def test_sample_measure_configs_mixes_scattered_and_split_precisions():
+    """The mixed member of each group alternates a coin flip per unit and a split (float-first or int8-first)."""
+    from fitplan.search_spaces import create_space
+
+    space = create_space("ofa_mbv3")
+    configs = sample_measure_configs(space, 24, seed=0)
+    changes = []
+    for c in configs:
+        if len(set(c["bits"])) > 1:
+            seq = [b for b, u in zip(c["bits"], space.unit_costs(c)) if u.active]
+            changes.append(sum(1 for a, b in zip(seq, seq[1:]) if a != b))
+    assert len(changes) == 8 and changes.count(1) >= 3 and max(changes) > 3, changes
