@@ -4,7 +4,8 @@
 The shipped ``local-cpu-1t`` dataset (``fitplan/hw_profiles/data/local_cpu_1t_ofa_mbv3.jsonl``, measured
 with ONNX Runtime at 1 thread by ``fitplan measure``) holds ofa_mbv3 configs in fp32, all-int8 and mixed
 8/32-bit. For N calibration samples (random draws, a third each of fp32 / int8 / mixed) every model is fitted
-on the same N samples and scored on every other config of the file, for all configs and per variant:
+on the same N samples and scored on every other config of the file, for all configs and per variant
+(``split``: the mixed configs whose precision changes once along the net, float-first or int8-first):
 
 ``meta``      the shipped meta-trained prior adapted (``LatencyPredictor.adapt``: fp32 samples -> cost table,
               compressed samples -> per-effect speed-ups);
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     variant = np.array(["fp32" if all(b == 32 for b in c["bits"]) else
                         "int8" if all(b == 8 for b in c["bits"]) else "mixed" for c in configs])
+    split = np.array([variant[i] == "mixed" and precision_changes(space, c) == 1 for i, c in enumerate(configs)])
     macs = np.array([space.costs(c)["macs"] for c in configs]) / 1e6
     share8 = np.array([np.mean([b == 8 for b in c["bits"]]) for c in configs])
     prior = LatencyPredictor.for_space("ofa_mbv3")
     print(f"{args.data or args.profile}: {len(y)} measured ofa_mbv3 configs ({', '.join(f'{(variant == v).sum()} {v}' for v in ('fp32', 'int8', 'mixed'))}); "
           f"{provenance[:100]}")
-    print("calibration draws: a third each of fp32 / int8 / mixed configs; scored on all other configs")
+    print("calibration draws: a third each of fp32 / int8 / mixed configs; scored on all other configs "
+          "(split: the mixed ones whose precision changes once, float-first or int8-first)")
     print(f"{'N':>4} {'model':<10} {'subset':<7} {'Spearman':>9} {'Kendall':>8} {'MAPE %':>7} {'±10 %':>6}")
     rng = np.random.default_rng(0)
     for n in args.n:
@@ -106,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 coef, *_ = np.linalg.lstsq(feats[cal], y[cal], rcond=None)
                 preds["macs-lsq"] = np.maximum(feats[test] @ coef, 1e-3)
             for name, pred in preds.items():
-                for subset in ("all", "fp32", "int8", "mixed"):
-                    m = np.ones(len(test), bool) if subset == "all" else variant[test] == subset
+                for subset in ("all", "fp32", "int8", "mixed", "split"):
+                    m = (np.ones(len(test), bool) if subset == "all" else split[test] if subset == "split"
+                         else variant[test] == subset)
                     if m.sum() >= 5:
                         rows.setdefault((name, subset), []).append(metrics(pred[m], y[test][m]))
         for (name, subset), ms in rows.items():
@@ -119,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise:
         noise_floor(space, configs, y, variant)
     return 0
+
+
+def precision_changes(space, cfg) -> int:
+    """How often the bit-width changes along the active units (1: a float-first or int8-first split)."""
+    seq = [b for b, u in zip(cfg["bits"], space.unit_costs(cfg)) if u.active]
+    return sum(1 for a, b in zip(seq, seq[1:]) if a != b)
 
 
 def read_jsonl(path: str):

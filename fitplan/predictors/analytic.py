@@ -32,19 +32,20 @@ nets here run at ~1.0x fp32, see :func:`fitplan.hw_profiles.measure.quantize_int
 
 Mixed-precision graphs: the *compressed* units of a config that also runs uncompressed units form classes of
 their own, ``"<class>@mixed"`` (e.g. ``"bits=8@mixed"``, :func:`mixed_class`), fitted like any compressed
-class, with a weak prior tying their factor to the same class in pure graphs (``lam_mixed``). Why: on this
-machine's ONNX Runtime an int8 unit inside a mixed graph costs ~1.4x what it costs in an all-int8 graph,
-nearly all of it per activation element (~5x the all-int8 activation coefficient: the int8 convs of a mixed
-graph pay layout reorders and Quantize/Dequantize on their activations that an all-int8 graph fuses away),
-while the float units of a mixed graph cost what they cost in an all-fp32 one (fitted factor 1.02). On the
-shipped dataset (in-sample) the class lifts mixed predictions within ±10 % from 66 % to 96 %; in N=20
-calibrations Spearman over all configs from 0.960 to 0.970 and the share within ±10 % from 71 % to 77 %
-(mixed 59 % -> 74 %). Per unit, int8 is cheaper than fp32 for dense (pointwise) MACs and dearer for depthwise
-MACs and activations, so a net that keeps its early layers float and its late ones int8 runs faster than both
-pure versions of its architecture (``benchmarks/mixed_precision.py``) and the model says so. A predictor
-fitted without mixed samples prices a mixed config's compressed units with their pure-graph class. (Format 4
-states priced the *float* units of mixed graphs as a class ``"fp32@mixed"`` instead, :data:`MIXED_BASE_CLASS`;
-they still load and predict as they did.)
+class and shrunk toward the same class in pure graphs (``lam_mixed`` on the factor, ``lam_dev`` on the
+coefficients). Why: on ONNX Runtime's x86 CPU EP an int8 unit inside a mixed graph does not cost what it
+costs in an all-int8 graph. With fitplan's earlier mixed export (only the convs of 8-bit units quantized) it
+cost ~1.4x, nearly all per activation element (Dequantize/Quantize and reorders around every int8 conv); the
+export now quantizes every op of those units (:func:`fitplan.hw_profiles.measure.quantize_int8`), yet
+precision boundaries still cost. On the shipped dataset re-measured with that export (a third of its mixed
+configs float-first / int8-first splits), N=20 calibrations (``benchmarks/predictor_local.py``) reach 77 %
+of predictions within ±10 % with the class and 71 % without (mixed configs 67 % vs 54 %; Spearman 0.952 vs
+0.937); labelling only the int8 units next to a float one did no better (75 %). Per unit, int8 is cheaper
+than fp32 for dense (pointwise) MACs and dearer for depthwise MACs and activations, so a net that keeps its
+early layers float and its late ones int8 can run faster than both pure versions of its architecture
+(``benchmarks/mixed_precision.py``). A predictor fitted without mixed samples prices a mixed config's
+compressed units with their pure-graph class. (Format 4 states priced the *float* units of mixed graphs as a
+class ``"fp32@mixed"`` instead, :data:`MIXED_BASE_CLASS`; they still load and predict as they did.)
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
@@ -114,8 +115,8 @@ _FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6])
 BASE_CLASS = "fp32"
 #: suffix of the class of compressed units in a config that also runs uncompressed units (a *mixed-precision
 #: graph*): ``"bits=8@mixed"``. Why apart: on ONNX Runtime's x86 CPU EP the int8 units of a mixed QDQ graph
-#: pay layout reorders and Quantize/Dequantize on their activations that an all-int8 graph fuses away (~1.4x
-#: their all-int8 cost here, module doc).
+#: pay layout reorders and Quantize/Dequantize at the precision boundaries that an all-int8 graph does not
+#: (module doc).
 MIXED_SUFFIX = "@mixed"
 #: format-4 states only: the class of the *uncompressed* units of mixed graphs (read, no longer fitted).
 MIXED_BASE_CLASS = "fp32" + MIXED_SUFFIX
@@ -132,7 +133,8 @@ class CostModelHyper:
     """Fit settings (see the module docstring).
 
     Attributes:
-        lam_dev: shrinkage of a compressed class's coefficients toward ``s_c`` x the fp32 ones.
+        lam_dev: shrinkage of a compressed class's coefficients toward ``s_c`` x the fp32 ones (a mixed-graph class's
+            toward its pure-graph class's, times the ratio of their factors).
         lam_act: shrinkage of the activation-traffic coefficient (toward 0 in the tied stage, toward the tied
             value in the free stage).
         lam_dw: shrinkage of the fp32 depthwise-MAC coefficient toward the dense-MAC one in the tied stage,
