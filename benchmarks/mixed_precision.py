@@ -46,11 +46,6 @@ def patterns(active: list[int], n_units: int, rng: np.random.Generator) -> dict[
             return out
 
 
-def boundaries(bits: list[int], active: list[int]) -> int:
-    seq = [bits[i] for i in active]
-    return sum(1 for a, b in zip(seq, seq[1:]) if a != b)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", type=int, default=4)
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from fitplan.hw_profiles.measure import measure_config
+    from fitplan.hw_profiles.measure import measure_config, precision_changes
     from fitplan.hw_profiles.store import get_profile
     from fitplan.search_spaces import create_space
 
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32, int8 = ms([32] * n_units), ms([8] * n_units)
         for name, bits in patterns(active, n_units, rng).items():
             mixed = ms(bits)
-            rows.append({"arch": a, "pattern": name, "boundaries": boundaries(bits, active), "fp32": fp32,
+            rows.append({"arch": a, "pattern": name, "boundaries": precision_changes(space, {**arch, "bits": bits}), "fp32": fp32,
                          "int8": int8, "mixed": mixed, "ratio": mixed / min(fp32, int8)})
     print(f"ofa_mbv3 r={args.r}, {args.archs} architectures; onnxruntime CPU, 1 thread, fitplan's anchored "
           f"harness (ms)")

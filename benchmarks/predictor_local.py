@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fitplan.hw_profiles import get_profile
     from fitplan.hw_profiles.datasets import profile_samples
+    from fitplan.hw_profiles.measure import precision_changes
     from fitplan.predictors import CostModelPredictor, LatencyPredictor, calibrate_predictor
     from fitplan.predictors.fewshot import metrics
     from fitplan.search_spaces import create_space
@@ -123,12 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise:
         noise_floor(space, configs, y, variant)
     return 0
-
-
-def precision_changes(space, cfg) -> int:
-    """How often the bit-width changes along the active units (1: a float-first or int8-first split)."""
-    seq = [b for b, u in zip(cfg["bits"], space.unit_costs(cfg)) if u.active]
-    return sum(1 for a, b in zip(seq, seq[1:]) if a != b)
 
 
 def read_jsonl(path: str):

@@ -348,16 +348,11 @@ def unit_scope(names: Sequence[str]) -> list[str]:
     ``blocks.4.depth_conv.conv``, ``blocks.4.point_linear.bn``, ...), which also holds the unit's functional
     ops (residual Add, squeeze-excite Mul) that no leaf module owns; the names themselves when they share
     no prefix."""
-    if not names:
-        return []
-    split = [n.split(".") for n in names]
     common: list[str] = []
-    for parts in zip(*split):
+    for parts in zip(*(n.split(".") for n in names)):
         if len(set(parts)) != 1:
             break
         common.append(parts[0])
-    if len(names) == 1:
-        return [names[0]]
     return [".".join(common)] if common else list(names)
 
 
@@ -601,6 +596,22 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
     return [done[k] for k in order if k in done]
 
 
+def split_bits(n_units: int, active: Sequence[int], k: int, first: int, rest: int, fill: int = 32) -> list[int]:
+    """Per-unit bits of a precision split: the first ``k`` of the ``active`` unit indices get ``first``, the
+    other active ones ``rest``, inactive units ``fill`` (a float-first split is ``first=32, rest=8``)."""
+    bits = [fill] * n_units
+    for j, i in enumerate(active):
+        bits[i] = first if j < k else rest
+    return bits
+
+
+def precision_changes(space: Any, cfg: Mapping[str, Any]) -> int:
+    """How often the bit-width changes along the active units of ``cfg`` (1: a float-first or int8-first
+    split; 0: one precision)."""
+    seq = [b for b, u in zip(cfg["bits"], space.unit_costs(cfg)) if u.active]
+    return sum(1 for a, b in zip(seq, seq[1:]) if a != b)
+
+
 def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int] = (8, 32)) -> list[dict[str, Any]]:
     """``n`` distinct configs for a measured dataset, in groups of three: an architecture in fp32 and the
     *same* architecture all-int8 (so the int8 speed-up is measured pairwise), then another architecture
@@ -636,10 +647,7 @@ def sample_measure_configs(space: Any, n: int, seed: int = 0, bits: Sequence[int
         active = [i for i, u in enumerate(space.unit_costs(arch)) if u.active] or list(range(units))
         k = int(rng.integers(1, max(len(active), 2)))
         first, rest = (hi, lo) if rng.random() < 0.5 else (lo, hi)
-        out_bits = [hi] * units
-        for j, i in enumerate(active):
-            out_bits[i] = first if j < k else rest
-        return out_bits
+        return split_bits(units, active, k, first, rest, fill=hi)
 
     tries = 0
     while len(out) < n and tries < 50 * n + 100:

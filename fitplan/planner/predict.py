@@ -89,7 +89,6 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
     return samples
 
 
-
 # ====================================================================== latency
 def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cache: str | Path | None = None,
                       batch: int = 1, quick: bool = False, int8: bool = False
@@ -149,19 +148,16 @@ def best_int8_gain(model: Any, space: Any) -> float | None:
     whole-network int8 factor is ~1 or below, yet a float-first split is faster than fp32. The planner keeps
     ``bits=8`` searchable when this gain is above 1; the search itself then prices every unit.
     """
+    from fitplan.hw_profiles.measure import split_bits
+
     if "bits=8" not in getattr(model, "classes", ()):
         return None
     best = 0.0
     for arch in (space.smallest(), space.largest()):
         n_units = len(arch["bits"])
         active = [i for i, u in enumerate(space.unit_costs(arch)) if u.active]
-        variants = [[8] * n_units]
-        for k in range(1, len(active)):
-            for first, rest in ((32, 8), (8, 32)):
-                bits = [32] * n_units
-                for j, i in enumerate(active):
-                    bits[i] = first if j < k else rest
-                variants.append(bits)
+        variants = [[8] * n_units] + [split_bits(n_units, active, k, first, rest) for k in range(1, len(active))
+                                      for first, rest in ((32, 8), (8, 32))]
         cfgs = [space.validate({**arch, "bits": [32] * n_units})] + [space.validate({**arch, "bits": b})
                                                                       for b in variants]
         ms = np.asarray(model.predict(cfgs, unknown="fp32", validate=False), dtype=float)

@@ -208,6 +208,11 @@ def mixed_class(label: str) -> str:
     return label + MIXED_SUFFIX
 
 
+def pure_class(label: str) -> str | None:
+    """The pure-graph class of a mixed-graph class (``"bits=8@mixed"`` -> ``"bits=8"``), else ``None``."""
+    return label[:-len(MIXED_SUFFIX)] if label.endswith(MIXED_SUFFIX) else None
+
+
 def _space_of(space: Any) -> Any:
     from fitplan.search_spaces import create_space
 
@@ -368,8 +373,7 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
     comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
     # a mixed-graph class's factor is tied (weakly) to its pure-graph class's factor
-    parent = {k: classes.index(classes[k][:-len(MIXED_SUFFIX)]) for k in comp
-              if classes[k].endswith(MIXED_SUFFIX) and classes[k][:-len(MIXED_SUFFIX)] in classes}
+    parent = {k: classes.index(pure_class(classes[k])) for k in comp if pure_class(classes[k]) in classes}
     factors = {k: 1.0 for k in comp}
     grid = np.exp(np.linspace(math.log(h.factor_min), math.log(h.factor_max), h.factor_grid))
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)

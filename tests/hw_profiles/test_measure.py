@@ -191,9 +191,5 @@ def test_sample_measure_configs_mixes_scattered_and_split_precisions():
 
     space = create_space("ofa_mbv3")
     configs = sample_measure_configs(space, 24, seed=0)
-    changes = []
-    for c in configs:
-        if len(set(c["bits"])) > 1:
-            seq = [b for b, u in zip(c["bits"], space.unit_costs(c)) if u.active]
-            changes.append(sum(1 for a, b in zip(seq, seq[1:]) if a != b))
+    changes = [measure_mod.precision_changes(space, c) for c in configs if len(set(c["bits"])) > 1]
     assert len(changes) == 8 and changes.count(1) >= 3 and max(changes) > 3, changes
