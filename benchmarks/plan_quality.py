@@ -22,7 +22,10 @@ predicted to fit (``uniform_candidates``), ranks verified candidates by measured
 the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
 searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
 reported with its *paired* standard error (per-image correct/incorrect differences), which is smaller than
-that of two independent accuracies when the two models get mostly the same images right.
+that of two independent accuracies when the two models get mostly the same images right. When the baseline
+is the plan's own network (the planner chose that uniform config), the plan's model is the baseline: a
+second fine-tune of one network would only measure training noise. The summary counts each distinct
+(plan, baseline) pair of networks once (neighbouring budgets often pick the same plan and baseline).
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
                                       [--race-candidates K] [--race-fraction F]
@@ -236,18 +239,27 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
             v, k = max(cands) if cands else min(timed)
             ucfg = json.loads(k)
             shape = space.input_shape(ucfg)
-            m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
-            finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
-                     checkpoint_dir=c.out_dir / f"uniform_ckpt_{config_key(ucfg)}", max_steps=train.get("max_train_steps"),
-                     device="cpu")
             test = ctx.data.loader("test", batch_size=256)
-            right_u = correct_per_image(m, test, shape)
-            right_p = correct_per_image(load_model(c.out_dir), test, space.input_shape(p.config))
+            plan_model = load_model(c.out_dir)
+            right_p = correct_per_image(plan_model, test, space.input_shape(p.config))
+            same = space.network_key(ucfg) == space.network_key(p.config)
+            if same:
+                # the plan *is* this uniform network: a second fine-tune of it would only measure training
+                # noise, so the baseline is the plan's own model (difference exactly 0)
+                m, right_u = plan_model, right_p
+            else:
+                m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
+                finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
+                         checkpoint_dir=c.out_dir / f"uniform_ckpt_{config_key(ucfg)}",
+                         max_steps=train.get("max_train_steps"), device="cpu")
+                right_u = correct_per_image(m, test, shape)
             diff = right_p.astype(float) - right_u.astype(float)
             base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
                                            for k2 in ("ks", "e", "d", "r")},
                         "uniform_latency_ms": v,
                         "uniform_slower": not cands,
+                        "same_network": same,
+                        "pair": [space.network_key(p.config), space.network_key(ucfg)],
                         "uniform_accuracy": evaluate(m, None, test),
                         "paired_diff": float(diff.mean()),
                         "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
@@ -286,17 +298,22 @@ def print_budgets(res: dict) -> None:
     paired = [r for r in rows if "paired_diff" in r]
     if paired:
         n_test = res.get("test_images", 1000)
-        d = np.asarray([r["paired_diff"] for r in paired])
-        se = np.asarray([r["paired_se"] for r in paired])
-        per = ", ".join(f"{a:+.4f} ± {b:.4f}" for a, b in zip(d, se))
-        z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
+        per = ", ".join(f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}"
+                        + (" (same network)" if r.get("same_network") else "") for r in paired)
         print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE): {per}")
         if any(r.get("uniform_slower") for r in paired):
             print("  * every uniform config measured slower than the plan: compared with the fastest one "
                   "(the plan dominates it where the difference is >= 0)")
-        print(f"mean {d.mean():+.4f} over {len(d)} budgets; plan ahead by > 1 SE at {int((d > se).sum())}, behind "
-              f"by > 1 SE at {int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; "
-              f"summed difference z = {z:+.2f}")
+        # budgets whose plan and baseline are the same two networks are one comparison, not several
+        distinct = list({tuple(r["pair"]) if "pair" in r else i: r for i, r in enumerate(paired)}.values())
+        d = np.asarray([r["paired_diff"] for r in distinct])
+        se = np.asarray([r["paired_se"] for r in distinct])
+        z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
+        print(f"{len(distinct)} distinct (plan, baseline) pairs over {len(paired)} budgets, "
+              f"{sum(1 for r in distinct if r.get('same_network'))} of them the same network: mean "
+              f"{d.mean():+.4f}; plan ahead by > 1 SE at {int((d > se).sum())}, behind by > 1 SE at "
+              f"{int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; summed difference "
+              f"z = {z:+.2f}")
 
 
 def correct_per_image(model, loader, shape) -> np.ndarray:

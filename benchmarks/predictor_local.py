@@ -16,16 +16,18 @@ on the same N samples and scored on every other config of the file, for all conf
               samples (what ``fitplan calibrate fit`` stores);
 ``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].
 
-The dataset's own measurement noise bounds every row: ``--noise`` prints a model-free estimate of it (the
-int8/fp32 latency ratio of the same architecture, which no per-arch model can explain, and an in-sample fit
-on all configs).
+What the features leave: ``--noise`` fits the analytic model in-sample on all configs (no few-shot error
+left, only what its features cannot express plus measurement noise) and prints the scatter of the int8/fp32
+latency ratio of archs measured in both precisions around the model's ratio, and how much of that scatter
+per-layer choice indicators predict (cross-validated R²). ``--remeasure K`` measures K configs per variant
+again and correlates their residuals with the dataset's: whether the scatter is noise or structure.
 
 ``--data FILE.jsonl`` reads a ``fitplan measure`` output file directly instead of the profile's dataset
 (the best attempt per config, :func:`fitplan.hw_profiles.measure.best_records`, with status ``ok``;
 latency = its ``median_ms``; the space from the file's header).
 
     python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40] [--models meta analytic auto macs-lsq]
-                                         [--data FILE.jsonl]
+                                         [--data FILE.jsonl] [--noise] [--remeasure K]
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="local-cpu-1t")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--noise", action="store_true", help="also print the dataset's noise floor")
+    ap.add_argument("--remeasure", type=int, default=0, metavar="K",
+                    help="re-measure K int8, K mixed and K fp32 configs of the dataset here and now, and print how "
+                         "well their in-sample residuals reproduce (is the scatter noise or structure?)")
     ap.add_argument("--data", default=None, metavar="FILE.jsonl",
                     help="a measurements JSONL file (`fitplan measure` output) instead of the profile's dataset")
     args = ap.parse_args(argv)
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>4} auto chose: {', '.join(f'{k} {v}x' for k, v in sorted(chosen.items()))}")
     if args.noise:
         noise_floor(space, configs, y, variant)
+    if args.remeasure:
+        remeasure(space, configs, y, variant, args.remeasure, args.profile)
     return 0
 
 
@@ -180,6 +187,52 @@ def noise_floor(space, configs, y, variant) -> None:
         print(f"noise: {len(pairs)} archs measured in fp32 and int8: int8/fp32 ratio median "
               f"{np.exp(np.median(lr)):.2f}, sd of log ratio {lr.std():.3f}, around the in-sample model's "
               f"ratio {res.std():.3f} (~{100 * res.std():.0f} % scatter the features do not explain)")
+        print(f"noise: that scatter predicted from per-layer choice indicators (ridge, 10-fold CV): R² "
+              f"{choice_r2(space, [configs[i] for i in fi], res):.2f}")
+
+
+def choice_r2(space, configs, target) -> float:
+    """Cross-validated R² of ``target`` from one-hot per-slot choices (every list-valued architecture key,
+    e.g. kernel size / expand ratio per block and depth per stage) plus the resolution: does the residual
+    follow the layer choices?"""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.preprocessing import OneHotEncoder
+
+    keys = [k for k, v in configs[0].items() if isinstance(v, list) and k not in ("bits", "sparsity")]
+    cat = np.array([[v for k in keys for v in c[k]] for c in configs])
+    x = np.c_[OneHotEncoder(handle_unknown="ignore").fit_transform(cat).toarray(),
+              [float(c.get("r", 0)) for c in configs]]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    pred = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), x, target,
+                             cv=KFold(10, shuffle=True, random_state=0))
+    return float(1.0 - np.sum((target - pred) ** 2) / np.sum((target - target.mean()) ** 2))
+
+
+def remeasure(space, configs, y, variant, k: int, profile_name: str, seed: int = 0) -> None:
+    """Measure ``k`` configs of each variant again here and now (fitplan's anchored measurement) and compare
+    with the dataset: the correlation of the in-sample model's residuals of the two measurements (near 1:
+    the residuals are structure of those archs that the features miss; near 0: measurement noise) and the
+    median ratio new / dataset per variant (a session-to-session shift, e.g. int8 drifting against the fp32
+    anchor)."""
+    from tqdm.auto import tqdm
+
+    from fitplan.hw_profiles import get_profile, measure_config
+    from fitplan.predictors import CostModelPredictor
+
+    full = CostModelPredictor.fit(space, [{"arch": c, "latency_ms": float(v)} for c, v in zip(configs, y)])
+    p = full.predict(configs)
+    rng = np.random.default_rng(seed)
+    profile, net = get_profile(profile_name), space.build_supernet()
+    for v in ("int8", "mixed", "fp32"):
+        idx = rng.permutation(np.flatnonzero(variant == v))[:k]
+        new = np.array([measure_config(space, configs[i], profile, supernet=net).median_ms
+                        for i in tqdm(idx, desc=f"re-measure {v}", leave=False)])
+        r_old, r_new = np.log(y[idx] / p[idx]), np.log(new / p[idx])
+        shift = np.log(new / y[idx])
+        print(f"remeasure {v:<5} ({len(idx)} configs): residual sd dataset {r_old.std():.3f} / now "
+              f"{r_new.std():.3f}, correlation {np.corrcoef(r_old, r_new)[0, 1]:+.2f}; now / dataset median "
+              f"{np.exp(np.median(shift)):.3f}, sd of log ratio around it {np.std(shift - np.median(shift)):.3f}")
 
 
 if __name__ == "__main__":

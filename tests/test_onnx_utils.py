@@ -6,12 +6,14 @@ import collections
 
 import numpy as np
 import onnx
+import pytest
 import torch
 import torch.nn as nn
 
 from onnx import helper
 
-from fitplan.hw_profiles.measure import int8_module_names, nodes_for_modules, quantize_int8, scope_qualname, unit_scope
+from fitplan.hw_profiles.measure import (UnmappedModulesError, int8_module_names, nodes_for_modules, quantize_int8,
+                                         scope_qualname, unit_scope)
 from fitplan.onnx_utils import export_onnx, name_unnamed_nodes, run_onnx, unshare_initializers
 
 
@@ -122,3 +124,14 @@ def test_mixed_precision_quantizes_every_op_of_the_8bit_units(tmp_path):
     assert len(by_unit["u2"]) >= 5 and not any(by_unit["u2"]), by_unit
     np.testing.assert_allclose(run_onnx(tmp_path / "q.onnx", x[:1]),
                                run_onnx(path, x[:1]), atol=0.2)
+
+
+def test_quantize_int8_refuses_modules_that_select_no_node(tmp_path):
+    """onnxruntime reads an empty node selection as "quantize everything": a unit scope that maps to no node
+    must fail loudly instead of delivering an all-int8 model."""
+    torch.manual_seed(0)
+    path = export_onnx(TwoBlocks().eval(), (8, 6, 6), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 8, 6, 6)).astype(np.float32)
+    with pytest.raises(UnmappedModulesError, match="no_such_unit"):
+        quantize_int8(path, tmp_path / "q.onnx", x, modules=["no_such_unit"])
+    assert not (tmp_path / "q.onnx").exists()

@@ -181,6 +181,15 @@ def nodes_for_modules(onnx_path: str | os.PathLike | Any, module_names: Iterable
     return out
 
 
+class UnmappedModulesError(ValueError):
+    """No ONNX node of the exported graph belongs to the modules that were to be quantized."""
+
+    def __init__(self, modules: Sequence[str]):
+        self.modules = list(modules)
+        super().__init__(f"no ONNX node could be mapped to the modules {self.modules[:4]}"
+                         f"{' ...' if len(self.modules) > 4 else ''} (a quantizable op under their scope)")
+
+
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_inputs: np.ndarray,
                   batch: int = 1, nodes_to_quantize: Sequence[str] | None = None,
                   modules: Sequence[str] | None = None) -> Path:
@@ -205,7 +214,9 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     ``modules`` (dotted module scopes, :func:`int8_module_names`) quantizes only their nodes, selected on
     the *pre-processed* graph after :func:`fitplan.onnx_utils.name_unnamed_nodes` (the pre-processing
     decomposes HardSwish into new, unnamed nodes that a list taken from the export would miss);
-    ``nodes_to_quantize`` gives the node names directly; neither quantizes the whole graph."""
+    ``nodes_to_quantize`` gives the node names directly; neither quantizes the whole graph. ``modules`` that
+    select no node raise :class:`UnmappedModulesError` (onnxruntime would read the empty selection as "every
+    node" and deliver an all-int8 model)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -224,6 +235,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             onnx.save(model, str(pre))
         if modules is not None:
             nodes_to_quantize = nodes_for_modules(model, modules)
+            if not nodes_to_quantize:  # onnxruntime reads an empty node list as "quantize every node"
+                raise UnmappedModulesError(list(modules))
         name = model.graph.input[0].name
         quantize_static(str(pre), str(out_path), _ArrayReader(calib_inputs.astype(np.float32), batch, name),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
@@ -316,17 +329,16 @@ def measure_module(module: Any, input_shape: Sequence[int], *, threads: int = 1,
         fp32 = export_onnx(module, input_shape, d / "model.onnx", batch=batch)
         if variant == "fp32":
             return measure_onnx(fp32, input_shape, threads=threads, batch=batch, variant="fp32", **rule)
-        scope = "the whole graph"
-        if int8_modules is not None:
-            mapped = nodes_for_modules(fp32, int8_modules)
-            if not mapped:
-                return Measurement(status="not_measurable", variant="int8",
-                                   reason="no ONNX node could be mapped to the 8-bit units",
-                                   fingerprint=machine_fingerprint(threads, batch))
-            scope = (f"the {len(mapped)} exported nodes of the 8-bit units (every op type the quantizer handles) "
-                     "and the ops quantization pre-processing splits off them")
+        scope = "the whole graph" if int8_modules is None else (
+            "the nodes of the 8-bit units (every op type the quantizer handles under their scope, incl. the "
+            "ops quantization pre-processing splits off them)")
         x, calib_note = _calib_array(calib_inputs, input_shape)
-        q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, modules=int8_modules)
+        try:
+            q = quantize_int8(fp32, d / "model.int8.onnx", x, batch=batch, modules=int8_modules)
+        except UnmappedModulesError:
+            return Measurement(status="not_measurable", variant="int8",
+                               reason="no ONNX node could be mapped to the 8-bit units",
+                               fingerprint=machine_fingerprint(threads, batch))
         note = (f"int8 static QDQ (onnxruntime.quantization after its pre-processing, per-channel int8 weights, uint8 "
                 f"activations, MinMax "
                 f"calibration on {calib_note}) of {scope}")

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from fitplan.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
 from fitplan.planner.budget import BUDGET_METRICS, Budget
-from fitplan.planner.metrics import Evaluator, capability_state, compression_speedups, restricted_dimensions
+from fitplan.planner.metrics import Evaluator, compression_speedups, restricted_dimensions
 from fitplan.planner.plan import Plan
 from fitplan.planner.search import (SearchProblem, check_feasible, count_evaluations, create_study,
                                     enqueue_seeds, feasible_front, run_evolve, run_optuna)
@@ -306,7 +306,7 @@ def _measure_int8_factor(space: Any, supernet: Any, profile: Any, out_dir: Path,
 # ====================================================================== stage 1
 def prepare(request: PlanRequest) -> PlanContext:
     """Resolve model, device, data and predictors; train the supernet if needed; check feasibility."""
-    from fitplan.planner.predict import resolve_accuracy, resolve_latency
+    from fitplan.planner.predict import int8_searchable, resolve_accuracy, resolve_latency
 
     request.validate()
     budget: Budget = request.budget
@@ -359,8 +359,7 @@ def prepare(request: PlanRequest) -> PlanContext:
     lat_fn, lat_desc, lat_models_comp, learned = resolve_latency(space, profile, out_dir=out, batch=budget.batch_size,
                                                         quick=request.quick, seed=request.seed)
     factors: dict[str, float] = dict(learned)
-    if (local and "bits" in space.dimensions and 8 in space.dimensions["bits"].choices
-            and capability_state(profile, "int8") != "no" and not lat_models_comp):
+    if local and int8_searchable(space, profile) and not lat_models_comp:
         f, how = _measure_int8_factor(space, supernet, profile, out, request.quick, budget.batch_size)
         if f is not None:
             factors["int8"] = f
@@ -495,7 +494,10 @@ def finish(ctx: PlanContext, study: Any) -> Plan:
         if req.validate_candidates and raw_calib is not None:
             ranked = _rank_by_validation(ctx, ranked, calib_for, notes)
         want = _race_size(ctx)
-        gated = _gate_exported(ctx, _race_order(ranked, want), calib_for, notes, want=want)
+        try:
+            gated = _gate_exported(ctx, _race_order(ranked, want), calib_for, notes, want=want)
+        except InfeasibleBudgetError as gate_error:
+            gated = _gate_with_headroom(ctx, entries + ranked, calib_for, notes, gate_error, want=want)
         chosen = _race_finetune(ctx, gated, calib_for, teacher, notes) if len(gated) > 1 else gated[0]
     elif verify:
         chosen = entries[0]
@@ -780,6 +782,50 @@ def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Ca
     raise InfeasibleBudgetError(f"none of the {len(ranked)} verified candidates met the latency budget {limit:g} ms "
                                 f"less the {ctx.request.latency_margin:.0%} margin "
                                 "once exported; relax the budget")
+
+
+def _gate_with_headroom(ctx: PlanContext, entries: list[dict[str, Any]], calib_for: Callable[[Any], Any],
+                        notes: list[str], error: InfeasibleBudgetError, want: int = 1,
+                        tries: int = 4) -> list[dict[str, Any]]:
+    """When every verified candidate's exported file timed over the budget (less the margin), fall back to
+    candidates with room for that excess instead of failing a budget that smaller networks meet.
+
+    Why: verification and the gate time a network in separate runs, and on a shared machine two runs of one
+    sub-millisecond graph can differ by 10-20 % (``benchmarks/plan_quality.py`` saw exported files 8-24 %
+    over their verification), so candidates verified just under the budget can all miss it at the gate.
+    The excess is the largest exported / verified ratio the gate saw; candidates of the front (measured now
+    where they were not) whose measured latency times that excess fits are gated most accurate first, at
+    most ``tries`` of them. Raises ``error`` when none passes."""
+    accept = _accept_ms(ctx)
+    seen: set[int] = set()
+    front = [e for e in sorted(entries, key=_predicted_key) if not (id(e) in seen or seen.add(id(e)))]
+    gate_ratios = [m["latency_ms_exported_gate"]["value"] / m["latency_ms"]["value"] for m in
+                   (e["measured"] for e in front) if "latency_ms_exported_gate" in m and (m.get("latency_ms") or {}).get("value")]
+    excess = float(np.clip(max(gate_ratios, default=1.0), 1.0, 2.0))
+    passed: list[dict[str, Any]] = []
+    gated = 0
+    for e in front:
+        if gated >= tries or len(passed) >= want:
+            break
+        if "latency_ms_exported_gate" in e["measured"]:
+            continue
+        value = (e["measured"].get("latency_ms") or {}).get("value")
+        if value is None:
+            if e["predicted"]["latency_ms"] * excess > accept:  # not worth a measurement
+                continue
+            value = _measure_candidate(ctx, e).get("value")
+        if value is None or value * excess > accept:
+            continue
+        gated += 1
+        try:
+            passed += _gate_exported(ctx, [e], calib_for, notes, want=1)
+        except InfeasibleBudgetError:
+            continue
+    if not passed:
+        raise error
+    notes.append(f"gate: every verified candidate's exported model timed over the budget (up to {excess:.2f}x its "
+                 f"verification); {len(passed)} candidate(s) with that much headroom passed instead")
+    return passed
 
 
 def _distinct_networks(space: Any, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -129,14 +129,19 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
     return model, samples, method
 
 
-def local_int8_calibration(space: Any, profile: Any) -> bool:
-    """Whether the local calibration should measure 8-bit configs: the space searches ``bits`` with 8 among
-    the choices and the profile does not state that int8 gives no speed-up."""
+def int8_searchable(space: Any, profile: Any) -> bool:
+    """Whether 8-bit units are a choice: the space has 8 among its ``bits`` choices and the profile does not
+    state that int8 gives no speed-up."""
     from fitplan.planner.metrics import capability_state
 
     dims = getattr(space, "dimensions", {})
-    return ("bits" in dims and 8 in dims["bits"].choices and 32 in dims["bits"].choices
-            and capability_state(profile, "int8") != "no")
+    return "bits" in dims and 8 in dims["bits"].choices and capability_state(profile, "int8") != "no"
+
+
+def local_int8_calibration(space: Any, profile: Any) -> bool:
+    """Whether the local calibration should measure 8-bit configs (all-int8 and mixed): 8-bit units are a
+    choice (:func:`int8_searchable`) next to 32-bit ones."""
+    return int8_searchable(space, profile) and 32 in space.dimensions["bits"].choices
 
 
 def best_int8_gain(model: Any, space: Any) -> float | None:

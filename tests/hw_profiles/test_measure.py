@@ -49,7 +49,7 @@ def test_measure_config_variants(tiny_space):
     assert int8.variant == "int8" and "QDQ" in int8.method
     mixed = measure_config(tiny_space, {**big, "bits": [8, 32, 32, 8]}, prof, **FAST)
     _check_ok(mixed)
-    assert mixed.variant == "mixed-int8" and "exported nodes of the 8-bit units" in mixed.method
+    assert mixed.variant == "mixed-int8" and "the nodes of the 8-bit units" in mixed.method
     # an inactive unit's bits do not matter: d=1 makes b2 inactive
     small = {**tiny_space.smallest(), "bits": [32, 32, 4, 32]}
     assert measure_config(tiny_space, small, prof, **FAST).variant == "fp32"
