@@ -29,6 +29,7 @@ second fine-tune of one network would only measure training noise. The summary c
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
                                       [--race-candidates K] [--race-fraction F]
+    python benchmarks/plan_quality.py --summarize RUN1/results.json RUN2/results.json ...
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
 (the analytic proxy unless fitplan.predictors supplies a predictor): the table says which.
@@ -304,16 +305,45 @@ def print_budgets(res: dict) -> None:
         if any(r.get("uniform_slower") for r in paired):
             print("  * every uniform config measured slower than the plan: compared with the fastest one "
                   "(the plan dominates it where the difference is >= 0)")
-        # budgets whose plan and baseline are the same two networks are one comparison, not several
-        distinct = list({tuple(r["pair"]) if "pair" in r else i: r for i, r in enumerate(paired)}.values())
-        d = np.asarray([r["paired_diff"] for r in distinct])
-        se = np.asarray([r["paired_se"] for r in distinct])
-        z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
+        distinct = distinct_pairs(paired)
         print(f"{len(distinct)} distinct (plan, baseline) pairs over {len(paired)} budgets, "
-              f"{sum(1 for r in distinct if r.get('same_network'))} of them the same network: mean "
-              f"{d.mean():+.4f}; plan ahead by > 1 SE at {int((d > se).sum())}, behind by > 1 SE at "
-              f"{int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; summed difference "
-              f"z = {z:+.2f}")
+              f"{sum(1 for r in distinct if r.get('same_network'))} of them the same network: "
+              f"{pair_stats(distinct)}")
+
+
+def distinct_pairs(paired: list[dict]) -> list[dict]:
+    """One row per distinct (plan, baseline) pair of networks: budgets whose plan and baseline are the same
+    two networks are one comparison, not several."""
+    return list({tuple(r["pair"]) if "pair" in r else i: r for i, r in enumerate(paired)}.values())
+
+
+def pair_stats(rows: list[dict]) -> str:
+    """Mean plan - uniform difference, how many are ahead / behind by more than one paired SE, and the summed
+    difference as a z score (independent comparisons assumed)."""
+    d = np.asarray([r["paired_diff"] for r in rows])
+    se = np.asarray([r["paired_se"] for r in rows])
+    z = float(d.sum() / np.sqrt(np.sum(se ** 2))) if np.any(se > 0) else float("nan")  # se 0: same model
+    return (f"mean {d.mean():+.4f}; plan ahead by > 1 SE at {int((d > se).sum())}, behind by > 1 SE at "
+            f"{int((d < -se).sum())}, within 1 SE at {int((np.abs(d) <= se).sum())}; summed difference z = {z:+.2f}")
+
+
+def summarize(paths: list[str]) -> None:
+    """Pool the budgets parts of several runs (``results.json`` files): budgets met, and the distinct
+    (plan, baseline) pairs of each run. Runs that share a trained supernet and accuracy predictor (a copied
+    output directory) differ in measurements, search and fine-tuning only: not independent seeds."""
+    met = total = 0
+    pooled: list[dict] = []
+    print("| run | budgets met | distinct pairs | plan - uniform per pair |\n|---|---|---|---|")
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        rows = res.get("budgets", res)["rows"]
+        paired = distinct_pairs([r for r in rows if "paired_diff" in r])
+        pooled += paired
+        met += sum(1 for r in rows if r.get("met"))
+        total += len(rows)
+        print(f"| {path} | {sum(1 for r in rows if r.get('met'))}/{len(rows)} | {len(paired)} | "
+              + ", ".join(f"{r['paired_diff']:+.3f}±{r['paired_se']:.3f}" for r in paired) + " |")
+    print(f"pooled: budgets met {met}/{total}; {len(pooled)} pairs: {pair_stats(pooled)}")
 
 
 def correct_per_image(model, loader, shape) -> np.ndarray:
@@ -336,7 +366,12 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="RESULTS.json",
+                    help="only pool the budgets parts of earlier runs' results.json files")
     args = ap.parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
