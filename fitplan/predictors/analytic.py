@@ -10,12 +10,15 @@ one fit (on ONNX Runtime CPUs static int8 QDQ can be *slower* than fp32; nothing
 Model. Every unit ``u`` of a config falls in a *class* -- ``"fp32"`` (32 bits, dense) or the compression it
 uses, e.g. ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=0.5:unstructured"`` -- and costs
 ``z_u · w_class`` with the per-unit features ``z_u = [dense MACs/1e6, depthwise MACs/1e6, output activation
-elements/1e5, 1 launch, strided depthwise MACs/1e6]`` (:data:`UNIT_FEATURES`; depthwise MACs are
-:attr:`UnitCost.dw_macs <fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the rest of ``macs``,
-strided depthwise MACs :attr:`UnitCost.strided_dw_macs <fitplan.search_spaces.base.UnitCost.strided_dw_macs>`,
-a part of ``dw_macs`` counted again; the launch is counted for active units that do work). The latency is::
+elements/1e5, 1 launch, strided depthwise MACs/1e6, unaligned depthwise MACs/1e6]`` (:data:`UNIT_FEATURES`;
+depthwise MACs are :attr:`UnitCost.dw_macs <fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the
+rest of ``macs``, strided depthwise MACs :attr:`UnitCost.strided_dw_macs
+<fitplan.search_spaces.base.UnitCost.strided_dw_macs>` and unaligned ones :attr:`UnitCost.unaligned_dw_macs
+<fitplan.search_spaces.base.UnitCost.unaligned_dw_macs>`, parts of ``dw_macs`` counted again; the launch is
+counted for active units that do work). A mixed-precision config also pays for its precision *boundaries*
+``β = [changes, activation elements/1e5 crossing them]`` (:data:`BOUNDARY_FEATURES`). The latency is::
 
-    ms(cfg) = b + Σ_u z_u · w_class(u),      b >= 0, w >= 0
+    ms(cfg) = b + Σ_u z_u · w_class(u) + β · w_boundary,      b >= 0, w >= 0
 
 Depthwise MACs are a feature of their own because they run at a very different speed per MAC than dense /
 pointwise ones (low arithmetic intensity), and differently again in int8, so the int8/fp32 latency ratio
@@ -30,6 +33,18 @@ depthwise ~5x an int8 dense MAC, strided ~3.5x -- were fitted on this machine's 
 fitplan's earlier int8 export, which left a third of the convs unfused; since that export was fixed, all-int8
 nets here run at ~1.0x fp32, see :func:`fitplan.hw_profiles.measure.quantize_int8`.)
 
+Unaligned depthwise MACs -- those of depthwise convs whose channel count is not a multiple of 16 -- carry an
+extra cost for compressed classes the same way (``lam_dw_unaligned``). Why: ONNX Runtime's x86 int8
+depthwise kernels work on vectors of 16 channels; ofa_mbv3's 72- and 120-channel expansions (expand ratio 3
+in the first two stages) ran up to ~25 % slower in int8 than their MACs say. On the shipped dataset the
+int8 in-sample residuals correlated +0.69 with the share of such MACs, and re-measuring configs in another
+session reproduced those residuals (``benchmarks/predictor_local.py --remeasure``): structure, not noise.
+
+Precision boundaries (format 6): every change between a float and a compressed unit is a Quantize or
+Dequantize plus layout reorders that no unit owns; before these features the in-sample residual of mixed
+configs correlated +0.70 with their number of changes. Their costs are shrunk toward 0 in the tied stage
+(``lam_boundary``, strong: with few mixed samples they stay small) and fitted in the free stage.
+
 Mixed-precision graphs: the *compressed* units of a config that also runs uncompressed units form classes of
 their own, ``"<class>@mixed"`` (e.g. ``"bits=8@mixed"``, :func:`mixed_class`), fitted like any compressed
 class and shrunk toward the same class in pure graphs (``lam_mixed`` on the factor, ``lam_dev`` on the
@@ -38,9 +53,11 @@ costs in an all-int8 graph. With fitplan's earlier mixed export (only the convs 
 cost ~1.4x, nearly all per activation element (Dequantize/Quantize and reorders around every int8 conv); the
 export now quantizes every op of those units (:func:`fitplan.hw_profiles.measure.quantize_int8`), yet
 precision boundaries still cost. On the shipped dataset re-measured with that export (a third of its mixed
-configs float-first / int8-first splits), N=20 calibrations (``benchmarks/predictor_local.py``) reach 77 %
+configs float-first / int8-first splits), N=20 calibrations (``benchmarks/predictor_local.py``) reached 77 %
 of predictions within ±10 % with the class and 71 % without (mixed configs 67 % vs 54 %; Spearman 0.952 vs
-0.937); labelling only the int8 units next to a float one did no better (75 %). Per unit, int8 is cheaper
+0.937); labelling only the int8 units next to a float one did no better (75 %). With the unaligned-depthwise
+and boundary features (format 6): N=10 Spearman 0.937 / 68 % within ±10 %, N=20 0.967 / 83 % (fp32 91, int8
+83, mixed 74), N=40 0.974 / 88 %; in-sample 95 % (was 86 %). Per unit, int8 is cheaper
 than fp32 for dense (pointwise) MACs and dearer for depthwise MACs and activations, so a net that keeps its
 early layers float and its late ones int8 can run faster than both pure versions of its architecture
 (``benchmarks/mixed_precision.py``). A predictor fitted without mixed samples prices a mixed config's
@@ -104,13 +121,22 @@ from fitplan.jsonio import check_finite, load_versioned, save_versioned
 from fitplan.predictors.samples import iter_samples
 
 ANALYTIC_FORMAT = "fitplan.analytic_latency"
-ANALYTIC_FORMAT_VERSION = 5
-#: versions :meth:`CostModelPredictor.from_state` reads (3: same features, no mixed-graph class; 4: the
-#: float units of mixed graphs as :data:`MIXED_BASE_CLASS`).
-READABLE_VERSIONS = (3, 4, 5)
+ANALYTIC_FORMAT_VERSION = 6
+#: versions :meth:`CostModelPredictor.from_state` reads (3: no mixed-graph class; 4: the float units of mixed
+#: graphs as :data:`MIXED_BASE_CLASS`; 3-5: no unaligned-depthwise feature, read with its coefficient 0).
+READABLE_VERSIONS = (3, 4, 5, 6)
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
-UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6")
-_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6])
+UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6",
+                 "unaligned_dw_macs_1e6")
+#: the features of format 3-5 states (the first five of :data:`UNIT_FEATURES`).
+_V5_FEATURES = UNIT_FEATURES[:5]
+_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6, 1e6])
+#: per-config features of the precision boundaries of mixed-precision graphs (appended after the class
+#: columns): how many times the precision changes between consecutive working units, and the activation
+#: elements (/1e5) that cross those changes. Why: each change is a Quantize / Dequantize plus layout
+#: reorders that no unit owns; on this machine's dataset the in-sample residual of mixed configs correlated
+#: +0.70 with their number of changes before these features.
+BOUNDARY_FEATURES = ("precision_changes", "boundary_act_elems_1e5")
 #: class of uncompressed units (32-bit, dense); the reference the compressed classes are tied to.
 BASE_CLASS = "fp32"
 #: suffix of the class of compressed units in a config that also runs uncompressed units (a *mixed-precision
@@ -126,6 +152,10 @@ _ACT = UNIT_FEATURES.index("act_elems_1e5")
 _DENSE = UNIT_FEATURES.index("dense_macs_1e6")
 _DW = UNIT_FEATURES.index("dw_macs_1e6")
 _SDW = UNIT_FEATURES.index("strided_dw_macs_1e6")
+_UDW = UNIT_FEATURES.index("unaligned_dw_macs_1e6")
+#: features that are an *extra* cost of compressed classes only (fp32's coefficient stays 0), each shrunk
+#: toward 0 in the tied stage by its own penalty (:class:`CostModelHyper`).
+_EXTRA = (_SDW, _UDW)
 
 
 @dataclass(frozen=True)
@@ -144,6 +174,11 @@ class CostModelHyper:
             one in the tied stage.
         lam_dw_strided: shrinkage of a compressed class's extra cost per *strided* depthwise MAC toward 0 in
             the tied stage (fp32 has none: its strided depthwise MACs cost what its other ones do).
+        lam_dw_unaligned: the same for a compressed class's extra cost per depthwise MAC on a channel count
+            that is not a multiple of 16 (:attr:`UnitCost.unaligned_dw_macs
+            <fitplan.search_spaces.base.UnitCost.unaligned_dw_macs>`).
+        lam_boundary: shrinkage of the precision-boundary costs (:data:`BOUNDARY_FEATURES`) toward 0 in the
+            tied stage (toward the tied value, with ``lam_dev``, in the free stage).
         lam_mixed: prior weight on ``log(s_mixed / s_c)²``, a mixed-graph class's factor (``"<c>@mixed"``,
             :data:`MIXED_SUFFIX`) relative to its pure-graph class's: a few mixed samples with ordinary noise
             then leave it near the pure class, a real slow-down still shows.
@@ -157,6 +192,8 @@ class CostModelHyper:
     lam_dw: float = 1.0
     lam_dw_class: float = 0.01
     lam_dw_strided: float = 1.0
+    lam_dw_unaligned: float = 10.0
+    lam_boundary: float = 100.0
     lam_mixed: float = 0.05
     huber: float = 1.5
     irls_iters: int = 5
@@ -247,7 +284,7 @@ class UnitFeaturizer:
             units = self.space.unit_costs(cfg)
             z = np.array([[u.macs - u.dw_macs, u.dw_macs, u.act_elems,
                            1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0,
-                           getattr(u, "strided_dw_macs", 0)]
+                           getattr(u, "strided_dw_macs", 0), getattr(u, "unaligned_dw_macs", 0)]
                           for u in units], dtype=np.float64).reshape(len(units), len(UNIT_FEATURES))
             z /= _FEATURE_SCALE
             self._cache[key] = z
@@ -273,7 +310,8 @@ class UnitFeaturizer:
 
     def design(self, configs: Sequence[Mapping[str, Any]], classes: Sequence[str], fallback: str | None = None
                ) -> tuple[np.ndarray, list[list[str]]]:
-        """Design rows ``[n, 1 + J * len(classes)]`` (intercept, then per class the summed unit features) and,
+        """Design rows ``[n, 1 + J * len(classes) + len(BOUNDARY_FEATURES)]`` (intercept, then per class the summed
+        unit features, then the precision-boundary features) and,
         per config, the classes of working units that are not in ``classes`` (their features go to the
         ``fallback`` class's columns when given, else they are dropped).
 
@@ -314,10 +352,20 @@ class UnitFeaturizer:
                 if col >= 0:
                     onehot[i, k, col] = 1.0
             missing.append(sorted(miss))
-        x = np.empty((n, 1 + j * c))
+        x = np.empty((n, 1 + j * c + len(BOUNDARY_FEATURES)))
         x[:, 0] = 1.0
-        x[:, 1:] = np.einsum("nuc,nuj->ncj", onehot, z).reshape(n, c * j)
+        x[:, 1:1 + j * c] = np.einsum("nuc,nuj->ncj", onehot, z).reshape(n, c * j)
+        x[:, 1 + j * c:] = [self.boundaries(cfg, z[i]) for i, cfg in enumerate(configs)]
         return x, missing
+
+    def boundaries(self, cfg: Mapping[str, Any], zi: np.ndarray) -> list[float]:
+        """:data:`BOUNDARY_FEATURES` of one config: precision changes between consecutive working units (in
+        unit order, which follows the network) and the output activation elements (/1e5) of the unit before
+        each change."""
+        bits = cfg.get("bits", [32] * self._n_units)
+        work = [k for k in range(len(zi)) if zi[k].any()]
+        cuts = [a for a, b in zip(work, work[1:]) if (bits[a] == 32) != (bits[b] == 32)]
+        return [float(len(cuts)), float(sum(zi[a, _ACT] for a in cuts))]
 
 
 def _nnls_rel(x: np.ndarray, y: np.ndarray, wts: np.ndarray, lam: np.ndarray, ref: np.ndarray,
@@ -361,15 +409,18 @@ class _Fit:
     intercept: float
     coef: dict[str, np.ndarray]
     factors: dict[str, float]
+    boundary: np.ndarray
 
 
 def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.ndarray,
                   h: CostModelHyper) -> _Fit:
     """Tied stage (per-class factor line search), then the free stage shrunk toward it (module doc)."""
     j = len(UNIT_FEATURES)
+    nb = len(BOUNDARY_FEATURES)
     base = classes.index(BASE_CLASS)
     x = x.copy()
-    x[:, 1 + j * base + _SDW] = 0.0  # fp32 has no extra strided-depthwise cost (its coefficient stays 0)
+    for f in _EXTRA:  # fp32 has no extra strided / unaligned depthwise cost (its coefficients stay 0)
+        x[:, 1 + j * base + f] = 0.0
     blocks = [x[:, 1 + j * k:1 + j * (k + 1)] for k in range(len(classes))]
     comp = [k for k, c in enumerate(classes) if c != BASE_CLASS]
     # a mixed-graph class's factor is tied (weakly) to its pure-graph class's factor
@@ -379,16 +430,20 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
-    lam_t = np.concatenate([lam_t, np.zeros(len(comp)), np.full(len(comp), h.lam_dw_strided)])
+    lam_extra = {_SDW: h.lam_dw_strided, _UDW: h.lam_dw_unaligned}
+    lam_t = np.concatenate([lam_t, np.zeros(len(comp))] + [np.full(len(comp), lam_extra[f]) for f in _EXTRA]
+                           + [np.full(nb, h.lam_boundary)])
+    bnd = x[:, 1 + j * len(classes):]  # precision-boundary columns (all 0 without mixed samples)
 
     def tied(fac: Mapping[int, float]) -> tuple[np.ndarray, float]:
         # [1, fp32 + Σ s_c · class c features, then per compressed class its own depthwise-MAC column, then
-        # per compressed class its own extra strided-depthwise-MAC column (shrunk toward 0)]
+        # per extra feature (strided, unaligned depthwise MACs) per compressed class its own column (shrunk
+        # toward 0)]
         merged = blocks[base] + sum((fac[k] * blocks[k] for k in comp), 0.0)
         merged[:, _DW] = blocks[base][:, _DW]
-        merged[:, _SDW] = 0.0
+        merged[:, list(_EXTRA)] = 0.0
         xr = np.column_stack([x[:, 0], merged] + [blocks[k][:, _DW] for k in comp]
-                             + [blocks[k][:, _SDW] for k in comp])
+                             + [blocks[k][:, f] for f in _EXTRA for k in comp] + [bnd])
         sc = np.sqrt(np.mean((xr / y[:, None]) ** 2, axis=0)) + 1e-12
         ties = [(1 + _DW, 1 + _DENSE, h.lam_dw, 1.0)] + [(1 + j + i, 1 + _DW, h.lam_dw_class, fac[k])
                                                          for i, k in enumerate(comp)]
@@ -420,18 +475,22 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
         else:
             ref[sl] = factors[k] * v[1:]
             ref[1 + j * k + _DW] = vt[1 + j + comp.index(k)]
-            ref[1 + j * k + _SDW] = vt[1 + j + len(comp) + comp.index(k)]
+            for e, f in enumerate(_EXTRA):
+                ref[1 + j * k + f] = vt[1 + j + (1 + e) * len(comp) + comp.index(k)]
             lam[sl] = h.lam_dev
+    ref[-nb:] = vt[-nb:]  # boundary costs: shrunk toward their tied values
+    lam[-nb:] = h.lam_dev
     scale = np.sqrt(np.mean((x / y[:, None]) ** 2, axis=0)) + 1e-12
     w, _ = _nnls_rel(x, y, wts, lam, ref, scale, ties)
     coef = {c: w[1 + j * k:1 + j * (k + 1)].copy() for k, c in enumerate(classes)}
+    boundary = w[-nb:].copy()
     # reported factor: what the class's units of the samples cost relative to fp32 (with depthwise MACs priced
     # apart, the tied s_c alone would understate a class whose depthwise convs are the slow part)
     eff = {}
     for k in comp:
         num, den = float(np.sum(blocks[k] @ coef[classes[k]])), float(np.sum(blocks[k] @ coef[BASE_CLASS]))
         eff[classes[k]] = num / den if num > 0 and den > 0 else factors[k]
-    return _Fit(float(w[0]), coef, eff)
+    return _Fit(float(w[0]), coef, eff, boundary)
 
 
 def fit_cost_model(x: np.ndarray, y: np.ndarray, classes: Sequence[str], h: CostModelHyper) -> _Fit:
@@ -441,7 +500,7 @@ def fit_cost_model(x: np.ndarray, y: np.ndarray, classes: Sequence[str], h: Cost
     if h.huber <= 0:
         return fit
     for _ in range(h.irls_iters):
-        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
+        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes] + [fit.boundary])
         r = x @ w / y - 1.0
         s = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
         u = np.abs(r) / (h.huber * s)
@@ -524,13 +583,17 @@ class CostModelPredictor:
     n_samples: int = 0
     hyper: CostModelHyper = field(default_factory=CostModelHyper)
     provenance: dict[str, Any] = field(default_factory=dict)
+    boundary_coef: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.space = _space_of(self.space)
         self._feat = UnitFeaturizer(self.space)
         self._classes = [BASE_CLASS] + sorted(c for c in self.coef if c != BASE_CLASS)
+        if self.boundary_coef is None:  # states before the boundary features: no boundary cost
+            self.boundary_coef = np.zeros(len(BOUNDARY_FEATURES))
+        self.boundary_coef = np.asarray(self.boundary_coef, dtype=np.float64)
         self._w = np.concatenate([[self.intercept_ms]] + [np.asarray(self.coef[c], dtype=np.float64)
-                                                           for c in self._classes])
+                                                           for c in self._classes] + [self.boundary_coef])
 
     # -------------------------------------------------------------- fit
     @classmethod
@@ -556,16 +619,17 @@ class CostModelPredictor:
         classes = [BASE_CLASS] + sorted(c for c in counts if c != BASE_CLASS)
         x, _ = feat.design(configs, classes)
         fit = fit_cost_model(x, y, classes, h)
-        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes])
+        w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes] + [fit.boundary])
         ape = np.abs(x @ w - y) / y
         prov = {"method": "analytic per-unit cost model (dense MACs, depthwise MACs, activation elements, "
-                          "launches, extra per strided depthwise MAC, per compression class; intercept), "
+                          "launches, extra per strided / channel-unaligned depthwise MAC, per compression "
+                          "class; precision changes and the activations crossing them; intercept), "
                           "relative-error NNLS tied to fp32 then "
                           "shrunk, Huber IRLS",
                 "space": space.spec(), "n_samples": len(configs), "merged_repeats": merged,
                 "samples_per_class": dict(sorted(counts.items())),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
-        return cls(space, fit.intercept, fit.coef, fit.factors, device, len(configs), h, prov)
+        return cls(space, fit.intercept, fit.coef, fit.factors, device, len(configs), h, prov, fit.boundary)
 
     # -------------------------------------------------------------- predict
     @property
@@ -629,6 +693,8 @@ class CostModelPredictor:
         return {"space": self.space.spec(), "device": self.device, "n_samples": self.n_samples,
                 "unit_features": list(UNIT_FEATURES), "intercept_ms": float(self.intercept_ms),
                 "coef": {c: [float(v) for v in self.coef[c]] for c in self._classes},
+                "boundary_features": list(BOUNDARY_FEATURES),
+                "boundary_coef": [float(v) for v in self.boundary_coef],
                 "factors": {c: float(v) for c, v in sorted(self.factors.items())},
                 "hyper": self.hyper.to_dict(), "provenance": self.provenance,
                 "note": "predicted latency in ms, batch as measured by the calibration samples"}
@@ -644,7 +710,9 @@ class CostModelPredictor:
                                                 "added a compressed class's extra cost per strided depthwise MAC; "
                                                 "recalibrate)",
                               list(READABLE_VERSIONS))
-        if list(state.get("unit_features") or []) != list(UNIT_FEATURES):
+        names = list(state.get("unit_features") or [])
+        legacy = state.get("format_version") in (3, 4, 5)
+        if names != list(_V5_FEATURES if legacy else UNIT_FEATURES):
             raise ConfigError("unit_features", f"state was made with features {state.get('unit_features')!r}; "
                                                "recalibrate", [list(UNIT_FEATURES)])
         spec = state.get("space")
@@ -657,9 +725,9 @@ class CostModelPredictor:
         arrs = {}
         for c, v in coef.items():
             a = np.asarray(v, dtype=np.float64) if isinstance(v, list) else np.zeros(0)
-            if a.shape != (len(UNIT_FEATURES),) or not np.isfinite(a).all() or (a < 0).any():
-                raise ConfigError(f"coef.{c}", f"expected {len(UNIT_FEATURES)} finite non-negative floats")
-            arrs[str(c)] = a
+            if a.shape != (len(names),) or not np.isfinite(a).all() or (a < 0).any():
+                raise ConfigError(f"coef.{c}", f"expected {len(names)} finite non-negative floats")
+            arrs[str(c)] = np.concatenate([a, np.zeros(len(UNIT_FEATURES) - len(names))])  # new features: 0
         b = check_finite("intercept_ms", state.get("intercept_ms"))
         if b < 0:
             raise ConfigError("intercept_ms", f"must be >= 0, got {b!r}")
@@ -667,12 +735,20 @@ class CostModelPredictor:
         if not isinstance(factors, Mapping):
             raise ConfigError("factors", "expected {class: float}")
         fac = {str(k): check_finite(f"factors.{k}", v, positive=True) for k, v in factors.items()}
+        bcoef = state.get("boundary_coef")
+        if bcoef is not None:
+            if list(state.get("boundary_features") or []) != list(BOUNDARY_FEATURES):
+                raise ConfigError("boundary_features", f"state was made with {state.get('boundary_features')!r}; "
+                                                       "recalibrate", [list(BOUNDARY_FEATURES)])
+            bcoef = np.asarray(bcoef, dtype=np.float64) if isinstance(bcoef, list) else np.zeros(0)
+            if bcoef.shape != (len(BOUNDARY_FEATURES),) or not np.isfinite(bcoef).all() or (bcoef < 0).any():
+                raise ConfigError("boundary_coef", f"expected {len(BOUNDARY_FEATURES)} finite non-negative floats")
         n = state.get("n_samples", 0)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError("n_samples", f"expected a non-negative integer, got {n!r}")
         return cls(space=dict(spec), intercept_ms=b, coef=arrs, factors=fac, device=str(state.get("device", "unknown")),
                    n_samples=n, hyper=CostModelHyper.from_dict(state.get("hyper")),
-                   provenance=dict(state.get("provenance") or {}))
+                   provenance=dict(state.get("provenance") or {}), boundary_coef=bcoef)
 
     def save(self, path: str | Path) -> None:
         """Write the state as a versioned JSON file (:func:`fitplan.jsonio.save_versioned`)."""
@@ -703,6 +779,7 @@ __all__ = [
     "ANALYTIC_FORMAT",
     "ANALYTIC_FORMAT_VERSION",
     "BASE_CLASS",
+    "BOUNDARY_FEATURES",
     "MIXED_BASE_CLASS",
     "MIXED_SUFFIX",
     "UNIT_FEATURES",

@@ -66,6 +66,16 @@ class Dimension:
                 "doc": self.doc}
 
 
+#: channel multiple below which depthwise convs count as *unaligned* (:attr:`UnitCost.unaligned_dw_macs`).
+DW_CHANNEL_ALIGN = 16
+
+
+def unaligned_dw(dw_macs: int, channels: int) -> int:
+    """``dw_macs`` when a depthwise conv of ``channels`` channels is not a multiple of
+    :data:`DW_CHANNEL_ALIGN`, else 0 (the value of :attr:`UnitCost.unaligned_dw_macs` for one conv)."""
+    return int(dw_macs) if int(channels) % DW_CHANNEL_ALIGN else 0
+
+
 @dataclass
 class UnitCost:
     """Analytic cost of one compression unit for one config (zeros when the unit is inactive).
@@ -79,6 +89,10 @@ class UnitCost:
     the part of ``dw_macs`` done by strided (stride > 1) depthwise convs (``0 <= strided_dw_macs <=
     dw_macs``): int8 strided depthwise kernels can be several times slower per MAC than stride-1 ones
     (ONNX Runtime, x86), so cost models may add a cost of their own to them; 0 where unknown.
+    ``unaligned_dw_macs`` the part of ``dw_macs`` done by depthwise convs whose channel count is not a
+    multiple of :data:`DW_CHANNEL_ALIGN` (:func:`unaligned_dw`): ONNX Runtime's x86 int8 depthwise kernels
+    process channels in vectors of 16, and the archs whose expanded widths are 72 or 120 channels ran up to
+    ~25 % slower in int8 than their MACs say (``benchmarks/predictor_local.py --noise``); 0 where unknown.
     """
 
     name: str
@@ -88,6 +102,7 @@ class UnitCost:
     active: bool = True
     dw_macs: int = 0
     strided_dw_macs: int = 0
+    unaligned_dw_macs: int = 0
 
     @property
     def dense_macs(self) -> int:

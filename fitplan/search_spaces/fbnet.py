@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from fitplan.errors import ConfigError
 from fitplan.hw_profiles.latency_data import FBNET_OPS
-from fitplan.search_spaces.base import Config, Dimension, SearchSpace, UnitCost, register_space
+from fitplan.search_spaces.base import Config, Dimension, SearchSpace, UnitCost, register_space, unaligned_dw
 from fitplan.search_spaces.ops import make_divisible
 from fitplan.search_spaces.supernet import Supernet
 
@@ -277,7 +277,7 @@ class FBNetSpace(SearchSpace):
         act = mid * hw_in * hw_in + mid * hw_out * hw_out + c_out * hw_out * hw_out
         dw = hw_out * hw_out * mid * k * k
         return UnitCost(name, macs=macs, params=params, act_elems=act, dw_macs=dw,
-                        strided_dw_macs=dw if stride > 1 else 0)
+                        strided_dw_macs=dw if stride > 1 else 0, unaligned_dw_macs=unaligned_dw(dw, mid))
 
     def unit_costs(self, config: Config) -> list[UnitCost]:
         ops = config["op_idx_list"]

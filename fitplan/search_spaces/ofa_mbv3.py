@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from fitplan.errors import ConfigError
-from fitplan.search_spaces.base import Config, Dimension, SearchSpace, UnitCost, register_space
+from fitplan.search_spaces.base import Config, Dimension, SearchSpace, UnitCost, register_space, unaligned_dw
 from fitplan.search_spaces.mbconv import (
     DynamicMBConv,
     ElasticDepthwiseConv2d,
@@ -282,7 +282,7 @@ class OFAMobileNetV3Space(SearchSpace):
                                         w[0] * hw * hw)]
         dw = mbconv_dw_macs(w[0], 3, 1, hw)
         macs, params, act, hw = mbconv_costs(w[0], w[1], w[0], 3, 1, hw, False, expand=False)
-        out.append(UnitCost("first_block", macs, params, act, dw_macs=dw))
+        out.append(UnitCost("first_block", macs, params, act, dw_macs=dw, unaligned_dw_macs=unaligned_dw(dw, w[0])))
         active = set(self.active_slots(config))
         for slot in range(self.n_slots):
             name = f"blocks.{slot}"
@@ -295,7 +295,8 @@ class OFAMobileNetV3Space(SearchSpace):
                                                  self.slot_stride[slot], hw,
                                                  STAGE_SE[slot // self.max_depth])
             out.append(UnitCost(name, macs, params, act, dw_macs=dw,
-                                strided_dw_macs=dw if self.slot_stride[slot] > 1 else 0))
+                                strided_dw_macs=dw if self.slot_stride[slot] > 1 else 0,
+                                unaligned_dw_macs=unaligned_dw(dw, mid)))
         fe, fm = w[7], w[8]
         out.append(UnitCost("final_expand", hw * hw * w[6] * fe, w[6] * fe + 2 * fe, fe * hw * hw))
         out.append(UnitCost("feature_mix", fe * fm, fe * fm + (fm if self.head_bias else 0), fm))

@@ -22,17 +22,20 @@ from fitplan.predictors import (
 from fitplan.predictors.analytic import (
     ANALYTIC_FORMAT,
     ANALYTIC_FORMAT_VERSION,
+    BOUNDARY_FEATURES,
     UNIT_FEATURES,
     UnitFeaturizer,
 )
 from fitplan.search_spaces import create_space
 
 #: known per-unit costs (ms per [dense MMAC, depthwise MMAC, 1e5 activation elements, launch, extra per strided
-#: depthwise MMAC]); int8 is slower per MAC (much slower per depthwise MAC), cheaper per launch -- nothing like
+#: depthwise MMAC]; the extra per unaligned depthwise MMAC, where a truth leaves it out, is 0); int8 is slower per MAC (much slower per depthwise MAC), cheaper per launch -- nothing like
 #: "compressed = k x fp32", so recovering it needs the free per-class fit.
-TRUE = {"fp32": np.array([0.05, 0.07, 0.02, 0.03, 0.0]), "bits=8": np.array([0.09, 0.35, 0.06, 0.01, 0.0])}
+TRUE = {"fp32": np.array([0.05, 0.07, 0.02, 0.03, 0.0, 0.0]), "bits=8": np.array([0.09, 0.35, 0.06, 0.01, 0.0, 0.0])}
 TRUE_B = 0.4
-EXACT = CostModelHyper(lam_dev=0.0, lam_act=0.0, lam_dw=0.0, lam_dw_class=0.0, lam_dw_strided=0.0, huber=0.0)
+SDW = UNIT_FEATURES.index("strided_dw_macs_1e6")
+EXACT = CostModelHyper(lam_dev=0.0, lam_act=0.0, lam_dw=0.0, lam_dw_class=0.0, lam_dw_strided=0.0,
+                       lam_dw_unaligned=0.0, lam_boundary=0.0, huber=0.0)
 
 
 def _configs(space, n, seed, kinds=("fp32", "int8", "mixed")):
@@ -50,10 +53,11 @@ def _configs(space, n, seed, kinds=("fp32", "int8", "mixed")):
     return out
 
 
-def _truth(space, configs, true=TRUE, b=TRUE_B):
+def _truth(space, configs, true=TRUE, b=TRUE_B, boundary=(0.0, 0.0)):
     feat = UnitFeaturizer(space)
     x, _ = feat.design(configs, list(true))
-    return x @ np.concatenate([[b]] + [true[c] for c in true])
+    pad = len(UNIT_FEATURES)
+    return x @ np.concatenate([[b]] + [np.pad(true[c], (0, pad - len(true[c]))) for c in true] + [boundary])
 
 
 def _samples(configs, y):
@@ -139,7 +143,7 @@ def test_state_round_trip(ofa, tmp_path: Path):
     m = CostModelPredictor.fit(ofa, _samples(configs, _truth(ofa, configs)), device="dev")
     test = _configs(ofa, 10, seed=9)
     state = json.loads(json.dumps(m.state_dict()))
-    assert state["format"] == ANALYTIC_FORMAT and state["format_version"] == ANALYTIC_FORMAT_VERSION == 5
+    assert state["format"] == ANALYTIC_FORMAT and state["format_version"] == ANALYTIC_FORMAT_VERSION == 6
     assert state["unit_features"] == list(UNIT_FEATURES)
     for loaded in (CostModelPredictor.from_state(state), load_profile_predictor(state)):
         assert isinstance(loaded, CostModelPredictor)
@@ -165,11 +169,11 @@ def test_recovers_slow_int8_depthwise_from_few_samples(ofa):
     resolution, which one MAC feature cannot express. 21 samples with 3 % noise (a third each fp32 / int8 /
     mixed) recover it; with the depthwise coefficients tied to the dense ones (the single-MAC model) the
     median error is over twice, the worst error over three times as large."""
-    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0]), "bits=8": np.array([0.08, 0.32, 0.0, 0.06, 0.0])}
+    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]), "bits=8": np.array([0.08, 0.32, 0.0, 0.06, 0.0, 0.0])}
     configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=20, noise_seed=0)
     assert np.median(ape) < 0.015 and ape.max() < 0.08
     # the reported factor is the int8 units' cost relative to fp32 (> 2: their depthwise convs are slower)
-    x8 = UnitFeaturizer(ofa).design(configs, ["fp32", "bits=8"])[0][:, 1 + len(UNIT_FEATURES):]
+    x8 = UnitFeaturizer(ofa).design(configs, ["fp32", "bits=8"])[0][:, 1 + len(UNIT_FEATURES):1 + 2 * len(UNIT_FEATURES)]
     true_factor = np.sum(x8 @ true["bits=8"]) / np.sum(x8 @ true["fp32"])
     assert true_factor > 2.5 and m.factors["bits=8"] == pytest.approx(true_factor, rel=0.1)
     assert m.coef["bits=8"][1] == pytest.approx(0.32, rel=0.15)  # int8 depthwise MAC found ~8x fp32's
@@ -223,14 +227,14 @@ def test_recovers_extra_int8_strided_depthwise_cost(ofa):
     depthwise kernels on x86; on this machine's dataset the feature raised int8 within ±10 % by ~5-8 points):
     21 samples with 3 % noise recover the extra cost (fp32's stays 0); median over three draws, since the
     mixed-graph class is one more free factor for 7 mixed samples."""
-    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0]), "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.4])}
+    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]), "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.4, 0.0])}
     fits = [_fit_noisy(ofa, true, seed=seed, noise_seed=1) for seed in (30, 40, 50)]
-    assert all(m.coef["fp32"][-1] == 0.0 for _, _, m, *_ in fits)
-    assert np.median([m.coef["bits=8"][-1] for _, _, m, *_ in fits]) == pytest.approx(0.4, rel=0.3)
+    assert all(m.coef["fp32"][SDW] == 0.0 for _, _, m, *_ in fits)
+    assert np.median([m.coef["bits=8"][SDW] for _, _, m, *_ in fits]) == pytest.approx(0.4, rel=0.3)
     assert max(np.median(f[-1]) for f in fits) < 0.025 and max(f[-1].max() for f in fits) < 0.15
     _, _, m, truth, test, ape = sorted(fits, key=lambda f: np.median(f[-1]))[1]  # the median draw
     # the extra cost matters: the same truth without it is several times farther off
-    no_extra = {c: np.concatenate([v[:-1], [0.0]]) for c, v in true.items()}
+    no_extra = {c: np.where(np.arange(len(v)) == SDW, 0.0, v) for c, v in true.items()}
     assert np.median(np.abs(_truth(ofa, test, no_extra, b=0.2) / truth - 1)) > 3 * np.median(ape)
 
 
@@ -349,13 +353,13 @@ def test_compressed_units_of_mixed_precision_graphs_are_priced_apart(ofa):
     states (no mixed class) still load and predict as they were fitted."""
     from fitplan.predictors.analytic import MIXED_BASE_CLASS, mixed_class
 
-    slow = TRUE["bits=8"] * np.array([1.1, 1.0, 5.0, 1.2, 1.0])
+    slow = TRUE["bits=8"] * np.array([1.1, 1.0, 5.0, 1.2, 1.0, 1.0])
     true = {"fp32": TRUE["fp32"], "bits=8": TRUE["bits=8"], mixed_class("bits=8"): slow}
     configs = _configs(ofa, 30, seed=30)
     m = CostModelPredictor.fit(ofa, _samples(configs, _truth(ofa, configs, true)))
     assert m.classes == ["fp32", "bits=8", "bits=8@mixed"]
     j = len(UNIT_FEATURES)
-    xm = UnitFeaturizer(ofa).design(configs, list(true))[0][:, 1 + 2 * j:]  # the int8 units of mixed configs
+    xm = UnitFeaturizer(ofa).design(configs, list(true))[0][:, 1 + 2 * j:1 + 3 * j]  # int8 units of mixed configs
     true_ratio = np.sum(xm @ slow) / np.sum(xm @ TRUE["bits=8"])
     assert true_ratio > 1.1
     assert m.factors["bits=8@mixed"] / m.factors["bits=8"] == pytest.approx(true_ratio, rel=0.05)
@@ -369,15 +373,91 @@ def test_compressed_units_of_mixed_precision_graphs_are_priced_apart(ofa):
     for version, extra in ((4, {MIXED_BASE_CLASS: 1.3 * TRUE["fp32"]}), (3, {})):
         legacy = json.loads(json.dumps(m.state_dict()))
         legacy["format_version"] = version
+        legacy["unit_features"] = list(UNIT_FEATURES[:5])  # before the unaligned-depthwise feature
         del legacy["coef"]["bits=8@mixed"]
         legacy["factors"].pop("bits=8@mixed", None)
         legacy["coef"].update({k: list(v) for k, v in extra.items()})
+        legacy["coef"] = {k: v[:5] for k, v in legacy["coef"].items()}
+        del legacy["boundary_coef"], legacy["boundary_features"]  # before the boundary features
         old = CostModelPredictor.from_state(legacy)
         classes = ["fp32", "bits=8", *extra]
         x, _ = UnitFeaturizer(ofa).design(mixed, classes)
-        w = np.concatenate([[old.intercept_ms]] + [old.coef[c] for c in classes])
-        np.testing.assert_allclose(old.predict(mixed), x @ w)
+        w = np.concatenate([[old.intercept_ms]] + [old.coef[c] for c in classes] + [np.zeros(len(BOUNDARY_FEATURES))])
+        np.testing.assert_allclose(old.predict(mixed), x @ w)  # old states: no boundary cost
         if version == 4:  # its float units of mixed graphs are priced 1.3x: dearer than the pure classes
             assert np.all(old.predict(mixed) > CostModelPredictor.from_state(
                 {**legacy, "format_version": 3, "coef": {k: v for k, v in legacy["coef"].items()
                                                          if k != MIXED_BASE_CLASS}}).predict(mixed))
+
+
+@pytest.mark.parametrize("name", ["ofa_mbv3", "fbnet"])
+def test_unaligned_depthwise_macs_feature(name):
+    """``UnitCost.unaligned_dw_macs`` is the part of ``dw_macs`` on channel counts that are not a multiple of
+    16 (ofa_mbv3's 72- and 120-channel expansions); the featurizer's column sums it."""
+    from fitplan.search_spaces.base import DW_CHANNEL_ALIGN, unaligned_dw
+
+    assert unaligned_dw(100, 72) == 100 and unaligned_dw(100, 96) == 0 and DW_CHANNEL_ALIGN == 16
+    space = create_space(name)
+    found = False
+    for seed in range(5):
+        cfg = space.sample(seed, compression=False)
+        units = space.unit_costs(cfg)
+        assert all(0 <= u.unaligned_dw_macs <= u.dw_macs for u in units)
+        total = sum(u.unaligned_dw_macs for u in units)
+        x, _ = UnitFeaturizer(space).design([cfg], ["fp32"])
+        assert x[0, 1 + UNIT_FEATURES.index("unaligned_dw_macs_1e6")] * 1e6 == pytest.approx(total)
+        found |= 0 < total < sum(u.dw_macs for u in units)
+    assert found
+
+
+def test_recovers_extra_int8_unaligned_depthwise_cost(ofa, monkeypatch):
+    """Truth where int8 depthwise MACs on unaligned channel counts cost extra (ONNX Runtime's x86 int8
+    depthwise kernels work in vectors of 16 channels): 30 samples recover a clear share of it and beat the
+    same model without the feature; fp32's extra cost stays 0."""
+    udw = UNIT_FEATURES.index("unaligned_dw_macs_1e6")
+    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]),
+            "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.0, 0.5])}
+    configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=60, noise_seed=2, n=30)
+    assert m.coef["fp32"][udw] == 0.0 and m.coef["bits=8"][udw] > 0.2
+    z = UnitFeaturizer._z
+    monkeypatch.setattr(UnitFeaturizer, "_z", lambda self, cfg: np.where(np.arange(len(UNIT_FEATURES)) == udw, 0.0,
+                                                                         z(self, cfg)))
+    blind = CostModelPredictor.fit(ofa, _samples(configs, y))  # the same model without the feature
+    assert np.median(np.abs(blind.predict(test) / truth - 1)) > 1.5 * np.median(ape)
+
+
+def test_precision_boundary_features(ofa):
+    """:data:`BOUNDARY_FEATURES`: the precision changes between consecutive working units and the activation
+    elements of the unit before each change; pure configs have none."""
+    feat = UnitFeaturizer(ofa)
+    cfg = ofa.validate(ofa.sample(4, compression=False))
+    z = feat._z(cfg)
+    work = [k for k in range(len(z)) if z[k].any()]
+    n = len(cfg["bits"])
+    half = [32 if k in work[:len(work) // 2] else 8 for k in range(n)]
+    alt = [8 if k in work and work.index(k) % 2 else 32 for k in range(n)]
+    for bits, changes in (([32] * n, 0), ([8] * n, 0), (half, 1), (alt, len(work) - 1)):
+        c = {**cfg, "bits": bits}
+        got = feat.boundaries(c, z)
+        cuts = [a for a, b in zip(work, work[1:]) if bits[a] != bits[b]]
+        assert got[0] == changes == len(cuts) and got[1] == pytest.approx(sum(z[a, 2] for a in cuts))
+    x, _ = feat.design([{**cfg, "bits": half}], ["fp32", "bits=8@mixed"])
+    assert x.shape[1] == 1 + 2 * len(UNIT_FEATURES) + len(BOUNDARY_FEATURES) and x[0, -2] == 1.0
+
+
+def test_recovers_precision_boundary_costs(ofa, tmp_path: Path):
+    """Truth with a cost per precision change and per activation element crossing one (Quantize / Dequantize
+    and reorders no unit owns): an exact fit recovers both, and they survive the state round trip."""
+    configs = _configs(ofa, 60, seed=70)
+    y = _truth(ofa, configs, boundary=(0.3, 0.05))
+    m = CostModelPredictor.fit(ofa, _samples(configs, y), hyper=EXACT)
+    np.testing.assert_allclose(m.boundary_coef, [0.3, 0.05], rtol=1e-3, atol=1e-5)
+    test = _configs(ofa, 20, seed=71)
+    np.testing.assert_allclose(m.predict(test), _truth(ofa, test, boundary=(0.3, 0.05)), rtol=1e-4)
+    m.save(tmp_path / "b.json")
+    loaded = CostModelPredictor.load(tmp_path / "b.json")
+    np.testing.assert_allclose(loaded.boundary_coef, m.boundary_coef)
+    np.testing.assert_allclose(loaded.predict(test), m.predict(test))
+    with pytest.raises(ConfigError) as e:
+        CostModelPredictor.from_state({**m.state_dict(), "boundary_coef": [-1.0, 0.0]})
+    assert e.value.field == "boundary_coef"
