@@ -10,7 +10,8 @@ one fit (on ONNX Runtime CPUs static int8 QDQ can be *slower* than fp32; nothing
 Model. Every unit ``u`` of a config falls in a *class* -- ``"fp32"`` (32 bits, dense) or the compression it
 uses, e.g. ``"bits=8"``, ``"sparsity=0.5:2:4"``, ``"bits=8+sparsity=0.5:unstructured"`` -- and costs
 ``z_u · w_class`` with the per-unit features ``z_u = [dense MACs/1e6, depthwise MACs/1e6, output activation
-elements/1e5, 1 launch, strided depthwise MACs/1e6, unaligned depthwise MACs/1e6]`` (:data:`UNIT_FEATURES`;
+elements/1e5, 1 launch, strided depthwise MACs/1e6, unaligned depthwise MACs/1e6, parameters/1e5]``
+(:data:`UNIT_FEATURES`;
 depthwise MACs are :attr:`UnitCost.dw_macs <fitplan.search_spaces.base.UnitCost.dw_macs>`, dense MACs the
 rest of ``macs``, strided depthwise MACs :attr:`UnitCost.strided_dw_macs
 <fitplan.search_spaces.base.UnitCost.strided_dw_macs>` and unaligned ones :attr:`UnitCost.unaligned_dw_macs
@@ -40,6 +41,11 @@ in the first two stages) ran up to ~25 % slower in int8 than their MACs say. On 
 int8 in-sample residuals correlated +0.69 with the share of such MACs, and re-measuring configs in another
 session reproduced those residuals (``benchmarks/predictor_local.py --remeasure``): structure, not noise.
 
+Parameters (weight traffic, format 6): at batch 1 the late, channel-heavy pointwise convs of an MBConv net
+read more weight bytes per MAC than the early ones; before this feature the in-sample residuals of fp32
+configs correlated +0.45 with the share of MACs in expand-ratio-6 blocks. Shrunk toward 0 in the tied stage
+(``lam_params``, weak).
+
 Precision boundaries (format 6): every change between a float and a compressed unit is a Quantize or
 Dequantize plus layout reorders that no unit owns; before these features the in-sample residual of mixed
 configs correlated +0.70 with their number of changes. Their costs are shrunk toward 0 in the tied stage
@@ -55,9 +61,11 @@ export now quantizes every op of those units (:func:`fitplan.hw_profiles.measure
 precision boundaries still cost. On the shipped dataset re-measured with that export (a third of its mixed
 configs float-first / int8-first splits), N=20 calibrations (``benchmarks/predictor_local.py``) reached 77 %
 of predictions within ±10 % with the class and 71 % without (mixed configs 67 % vs 54 %; Spearman 0.952 vs
-0.937); labelling only the int8 units next to a float one did no better (75 %). With the unaligned-depthwise
-and boundary features (format 6): N=10 Spearman 0.937 / 68 % within ±10 %, N=20 0.967 / 83 % (fp32 91, int8
-83, mixed 74), N=40 0.974 / 88 %; in-sample 95 % (was 86 %). Per unit, int8 is cheaper
+0.937); labelling only the int8 units next to a float one did no better (75 %). With the unaligned-depthwise,
+weight-traffic and boundary features (format 6): N=10 Spearman 0.946 / 71 % within ±10 %, N=20 0.973 / 87 %
+(fp32 95, int8 84, mixed 84), N=40 0.979 / 91 %; in-sample 96 % (was 86 %). The three features come from
+correlations of the in-sample residuals; their shrinkage defaults were chosen on the same dataset (as the
+other defaults were), so a new machine's numbers may be lower. Per unit, int8 is cheaper
 than fp32 for dense (pointwise) MACs and dearer for depthwise MACs and activations, so a net that keeps its
 early layers float and its late ones int8 can run faster than both pure versions of its architecture
 (``benchmarks/mixed_precision.py``). A predictor fitted without mixed samples prices a mixed config's
@@ -127,10 +135,10 @@ ANALYTIC_FORMAT_VERSION = 6
 READABLE_VERSIONS = (3, 4, 5, 6)
 #: per-unit features, in order (names stored in the state; a state with other names is refused).
 UNIT_FEATURES = ("dense_macs_1e6", "dw_macs_1e6", "act_elems_1e5", "launches", "strided_dw_macs_1e6",
-                 "unaligned_dw_macs_1e6")
+                 "unaligned_dw_macs_1e6", "params_1e5")
 #: the features of format 3-5 states (the first five of :data:`UNIT_FEATURES`).
 _V5_FEATURES = UNIT_FEATURES[:5]
-_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6, 1e6])
+_FEATURE_SCALE = np.array([1e6, 1e6, 1e5, 1.0, 1e6, 1e6, 1e5])
 #: per-config features of the precision boundaries of mixed-precision graphs (appended after the class
 #: columns): how many times the precision changes between consecutive working units, and the activation
 #: elements (/1e5) that cross those changes. Why: each change is a Quantize / Dequantize plus layout
@@ -149,6 +157,7 @@ MIXED_BASE_CLASS = "fp32" + MIXED_SUFFIX
 #: fewest distinct calibration configs accepted.
 MIN_SAMPLES = 3
 _ACT = UNIT_FEATURES.index("act_elems_1e5")
+_PAR = UNIT_FEATURES.index("params_1e5")
 _DENSE = UNIT_FEATURES.index("dense_macs_1e6")
 _DW = UNIT_FEATURES.index("dw_macs_1e6")
 _SDW = UNIT_FEATURES.index("strided_dw_macs_1e6")
@@ -177,6 +186,9 @@ class CostModelHyper:
         lam_dw_unaligned: the same for a compressed class's extra cost per depthwise MAC on a channel count
             that is not a multiple of 16 (:attr:`UnitCost.unaligned_dw_macs
             <fitplan.search_spaces.base.UnitCost.unaligned_dw_macs>`).
+        lam_params: shrinkage of the weight-traffic coefficient (per parameter) toward 0 in the tied stage and
+            toward its tied value in the free stage (weak: late-stage pointwise convs with large weights
+            run slower per MAC than their MACs say).
         lam_boundary: shrinkage of the precision-boundary costs (:data:`BOUNDARY_FEATURES`) toward 0 in the
             tied stage (toward the tied value, with ``lam_dev``, in the free stage).
         lam_mixed: prior weight on ``log(s_mixed / s_c)²``, a mixed-graph class's factor (``"<c>@mixed"``,
@@ -194,6 +206,7 @@ class CostModelHyper:
     lam_dw_strided: float = 1.0
     lam_dw_unaligned: float = 10.0
     lam_boundary: float = 100.0
+    lam_params: float = 0.1
     lam_mixed: float = 0.05
     huber: float = 1.5
     irls_iters: int = 5
@@ -284,7 +297,7 @@ class UnitFeaturizer:
             units = self.space.unit_costs(cfg)
             z = np.array([[u.macs - u.dw_macs, u.dw_macs, u.act_elems,
                            1.0 if u.active and (u.macs > 0 or u.act_elems > 0) else 0.0,
-                           getattr(u, "strided_dw_macs", 0), getattr(u, "unaligned_dw_macs", 0)]
+                           getattr(u, "strided_dw_macs", 0), getattr(u, "unaligned_dw_macs", 0), u.params]
                           for u in units], dtype=np.float64).reshape(len(units), len(UNIT_FEATURES))
             z /= _FEATURE_SCALE
             self._cache[key] = z
@@ -430,6 +443,7 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
     step = (math.log(h.factor_max) - math.log(h.factor_min)) / max(h.factor_grid - 1, 1)
     lam_t = np.zeros(1 + j)
     lam_t[1 + _ACT] = h.lam_act
+    lam_t[1 + _PAR] = h.lam_params
     lam_extra = {_SDW: h.lam_dw_strided, _UDW: h.lam_dw_unaligned}
     lam_t = np.concatenate([lam_t, np.zeros(len(comp))] + [np.full(len(comp), lam_extra[f]) for f in _EXTRA]
                            + [np.full(nb, h.lam_boundary)])
@@ -468,6 +482,7 @@ def _fit_weighted(x: np.ndarray, y: np.ndarray, classes: Sequence[str], wts: np.
         if k == base:
             ref[sl] = v[1:]
             lam[1 + j * k + _ACT] = h.lam_act
+            lam[1 + j * k + _PAR] = h.lam_params
             lam[1 + j * k + _DW] = h.lam_dw
         elif k in parent:  # mixed-graph class: shrunk toward its pure class's (free) coefficients x s / s_pure
             ties += [(1 + j * k + f, 1 + j * parent[k] + f, h.lam_dev, factors[k] / factors[parent[k]])
@@ -622,7 +637,8 @@ class CostModelPredictor:
         w = np.concatenate([[fit.intercept]] + [fit.coef[c] for c in classes] + [fit.boundary])
         ape = np.abs(x @ w - y) / y
         prov = {"method": "analytic per-unit cost model (dense MACs, depthwise MACs, activation elements, "
-                          "launches, extra per strided / channel-unaligned depthwise MAC, per compression "
+                          "launches, parameters, extra per strided / channel-unaligned depthwise MAC, per "
+                          "compression "
                           "class; precision changes and the activations crossing them; intercept), "
                           "relative-error NNLS tied to fp32 then "
                           "shrunk, Huber IRLS",

@@ -28,14 +28,19 @@ from fitplan.predictors.analytic import (
 )
 from fitplan.search_spaces import create_space
 
+def _full(v, fill=0.0):
+    """A truth vector padded to every unit feature (features a truth leaves out cost ``fill``)."""
+    return np.concatenate([v, np.full(len(UNIT_FEATURES) - len(v), fill)])
+
+
 #: known per-unit costs (ms per [dense MMAC, depthwise MMAC, 1e5 activation elements, launch, extra per strided
 #: depthwise MMAC]; the extra per unaligned depthwise MMAC, where a truth leaves it out, is 0); int8 is slower per MAC (much slower per depthwise MAC), cheaper per launch -- nothing like
 #: "compressed = k x fp32", so recovering it needs the free per-class fit.
-TRUE = {"fp32": np.array([0.05, 0.07, 0.02, 0.03, 0.0, 0.0]), "bits=8": np.array([0.09, 0.35, 0.06, 0.01, 0.0, 0.0])}
+TRUE = {"fp32": _full(np.array([0.05, 0.07, 0.02, 0.03, 0.0, 0.0])), "bits=8": _full(np.array([0.09, 0.35, 0.06, 0.01, 0.0, 0.0]))}
 TRUE_B = 0.4
 SDW = UNIT_FEATURES.index("strided_dw_macs_1e6")
 EXACT = CostModelHyper(lam_dev=0.0, lam_act=0.0, lam_dw=0.0, lam_dw_class=0.0, lam_dw_strided=0.0,
-                       lam_dw_unaligned=0.0, lam_boundary=0.0, huber=0.0)
+                       lam_dw_unaligned=0.0, lam_boundary=0.0, lam_params=0.0, huber=0.0)
 
 
 def _configs(space, n, seed, kinds=("fp32", "int8", "mixed")):
@@ -169,7 +174,7 @@ def test_recovers_slow_int8_depthwise_from_few_samples(ofa):
     resolution, which one MAC feature cannot express. 21 samples with 3 % noise (a third each fp32 / int8 /
     mixed) recover it; with the depthwise coefficients tied to the dense ones (the single-MAC model) the
     median error is over twice, the worst error over three times as large."""
-    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]), "bits=8": np.array([0.08, 0.32, 0.0, 0.06, 0.0, 0.0])}
+    true = {"fp32": _full(np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0])), "bits=8": _full(np.array([0.08, 0.32, 0.0, 0.06, 0.0, 0.0]))}
     configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=20, noise_seed=0)
     assert np.median(ape) < 0.015 and ape.max() < 0.08
     # the reported factor is the int8 units' cost relative to fp32 (> 2: their depthwise convs are slower)
@@ -227,11 +232,13 @@ def test_recovers_extra_int8_strided_depthwise_cost(ofa):
     depthwise kernels on x86; on this machine's dataset the feature raised int8 within ±10 % by ~5-8 points):
     21 samples with 3 % noise recover the extra cost (fp32's stays 0); median over three draws, since the
     mixed-graph class is one more free factor for 7 mixed samples."""
-    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]), "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.4, 0.0])}
+    true = {"fp32": _full(np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0])), "bits=8": _full(np.array([0.08, 0.2, 0.0, 0.06, 0.4, 0.0]))}
     fits = [_fit_noisy(ofa, true, seed=seed, noise_seed=1) for seed in (30, 40, 50)]
     assert all(m.coef["fp32"][SDW] == 0.0 for _, _, m, *_ in fits)
     assert np.median([m.coef["bits=8"][SDW] for _, _, m, *_ in fits]) == pytest.approx(0.4, rel=0.3)
-    assert max(np.median(f[-1]) for f in fits) < 0.025 and max(f[-1].max() for f in fits) < 0.15
+    # 3 % noise on 21 samples; the weight-traffic feature (weakly shrunk: real devices ask for it) costs the
+    # hardest draw a little (its worst config 0.18 off, 0.15 without that feature)
+    assert max(np.median(f[-1]) for f in fits) < 0.03 and max(f[-1].max() for f in fits) < 0.2
     _, _, m, truth, test, ape = sorted(fits, key=lambda f: np.median(f[-1]))[1]  # the median draw
     # the extra cost matters: the same truth without it is several times farther off
     no_extra = {c: np.where(np.arange(len(v)) == SDW, 0.0, v) for c, v in true.items()}
@@ -353,7 +360,7 @@ def test_compressed_units_of_mixed_precision_graphs_are_priced_apart(ofa):
     states (no mixed class) still load and predict as they were fitted."""
     from fitplan.predictors.analytic import MIXED_BASE_CLASS, mixed_class
 
-    slow = TRUE["bits=8"] * np.array([1.1, 1.0, 5.0, 1.2, 1.0, 1.0])
+    slow = TRUE["bits=8"] * _full(np.array([1.1, 1.0, 5.0, 1.2, 1.0, 1.0]), fill=1.0)
     true = {"fp32": TRUE["fp32"], "bits=8": TRUE["bits=8"], mixed_class("bits=8"): slow}
     configs = _configs(ofa, 30, seed=30)
     m = CostModelPredictor.fit(ofa, _samples(configs, _truth(ofa, configs, true)))
@@ -415,8 +422,8 @@ def test_recovers_extra_int8_unaligned_depthwise_cost(ofa, monkeypatch):
     depthwise kernels work in vectors of 16 channels): 30 samples recover a clear share of it and beat the
     same model without the feature; fp32's extra cost stays 0."""
     udw = UNIT_FEATURES.index("unaligned_dw_macs_1e6")
-    true = {"fp32": np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0]),
-            "bits=8": np.array([0.08, 0.2, 0.0, 0.06, 0.0, 0.5])}
+    true = {"fp32": _full(np.array([0.04, 0.04, 0.0, 0.03, 0.0, 0.0])),
+            "bits=8": _full(np.array([0.08, 0.2, 0.0, 0.06, 0.0, 0.5]))}
     configs, y, m, truth, test, ape = _fit_noisy(ofa, true, seed=60, noise_seed=2, n=30)
     assert m.coef["fp32"][udw] == 0.0 and m.coef["bits=8"][udw] > 0.2
     z = UnitFeaturizer._z
