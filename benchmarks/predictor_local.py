@@ -12,6 +12,11 @@ on the same N samples and scored on every other config of the file, for all conf
 ``analytic``  ``CostModelPredictor`` (per-unit dense MACs / depthwise MACs / activations / launches / extra
               per strided depthwise MAC, per compression class, from ``space.unit_costs`` only;
               :mod:`fitplan.predictors.analytic`);
+``prior``     ``CostModelPredictor.fit(..., prior=P)``: the analytic model of *another machine* (``P``, fitted
+              on all of ``--prior FILE.jsonl``, default the shipped dataset of ``local-cpu-1t`` when ``--data``
+              is given) rescaled per class to the N samples and shrunk toward (module doc of
+              :mod:`fitplan.predictors.analytic`, "Source prior");
+``prior-cv``  ``fit_with_source_prior``: with or without that prior, by cross-validated error on the N samples;
 ``auto``      ``calibrate_predictor(method="auto")``: meta or analytic, by cross-validated error on the N
               samples (what ``fitplan calibrate fit`` stores);
 ``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].
@@ -26,8 +31,25 @@ again and correlates their residuals with the dataset's: whether the scatter is 
 (the best attempt per config, :func:`fitplan.hw_profiles.measure.best_records`, with status ``ok``;
 latency = its ``median_ms``; the space from the file's header).
 
+Cross-machine figures (30 draws, Spearman / share within ±10 %; ``--data`` VM 2 = calibrating a new machine
+with the shipped prior, what ``fitplan calibrate fit`` and the planner do; ``--prior`` VM 2 = the reverse)::
+
+    python benchmarks/predictor_local.py --data benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
+        --models analytic prior prior-cv --n 10 20 --draws 30
+    N=10: analytic 0.960 / 75 %, prior 0.986 / 88 %, prior-cv 0.984 / 86 %
+    N=20: analytic 0.985 / 88 %, prior 0.989 / 91 %, prior-cv 0.988 / 90 %
+    python benchmarks/predictor_local.py --prior benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
+        --models analytic prior prior-cv --n 10 20 --draws 30
+    N=10: analytic 0.942 / 73 %, prior 0.980 / 90 %, prior-cv 0.975 / 87 %
+    N=20: analytic 0.971 / 85 %, prior 0.982 / 92 %, prior-cv 0.982 / 92 %
+
+``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl``: a second VM of the same cloud (reference anchor 0.69 ms,
+about half the shipped dataset's latencies), one session: 72 configs sampled by ``fitplan measure --n 72
+--seed 7`` plus 190 of calibration-set experiments (docs/DEVELOPING.md), so it holds more mixed and more
+extreme configs than a random sample.
+
     python benchmarks/predictor_local.py [--draws 10] [--n 10 20 40] [--models meta analytic auto macs-lsq]
-                                         [--data FILE.jsonl] [--noise] [--remeasure K]
+                                         [--data FILE.jsonl] [--prior FILE.jsonl] [--noise] [--remeasure K]
 """
 from __future__ import annotations
 
@@ -37,7 +59,7 @@ import sys
 import numpy as np
 
 
-MODELS = ("meta", "analytic", "auto", "macs-lsq")
+MODELS = ("meta", "analytic", "prior", "prior-cv", "auto", "macs-lsq")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remeasure", type=int, default=0, metavar="K",
                     help="re-measure K int8, K mixed and K fp32 configs of the dataset here and now, and print how "
                          "well their in-sample residuals reproduce (is the scatter noise or structure?)")
+    ap.add_argument("--prior", default=None, metavar="FILE.jsonl",
+                    help="measurements of another machine to fit the source prior on (default: the shipped "
+                         "local-cpu-1t dataset when --data is given; without either the prior models are skipped)")
     ap.add_argument("--data", default=None, metavar="FILE.jsonl",
                     help="a measurements JSONL file (`fitplan measure` output) instead of the profile's dataset")
     args = ap.parse_args(argv)
@@ -58,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from fitplan.hw_profiles.datasets import profile_samples
     from fitplan.hw_profiles.measure import precision_changes
     from fitplan.predictors import CostModelPredictor, LatencyPredictor, calibrate_predictor
+    from fitplan.predictors.analytic import fit_with_source_prior, source_prior
     from fitplan.predictors.fewshot import metrics
     from fitplan.search_spaces import create_space
 
@@ -82,6 +108,27 @@ def main(argv: list[str] | None = None) -> int:
     macs = np.array([space.costs(c)["macs"] for c in configs]) / 1e6
     share8 = np.array([np.mean([b == 8 for b in c["bits"]]) for c in configs])
     prior = LatencyPredictor.for_space("ofa_mbv3")
+    source = None
+    if args.prior is not None:
+        loaded_prior = read_jsonl(args.prior)
+        if loaded_prior is None:
+            return 1
+        _, pc, py, pprov = loaded_prior
+        source = CostModelPredictor.fit(space, [{"arch": c, "latency_ms": float(v)} for c, v in zip(pc, py)],
+                                        device=args.prior)
+        print(f"source prior: {pprov[:120]}")
+    elif args.data is not None:
+        source = source_prior(space)
+        print(f"source prior: {(source.provenance.get('source', '') if source else 'none')[:120]}")
+    if args.data is None and "auto" in args.models:  # its analytic+prior candidate is fitted on this very dataset
+        args.models = [m for m in args.models if m != "auto"]
+        print("auto skipped: on the shipped dataset its source prior would be fitted on the test configs (use "
+              "--data FILE of another machine)")
+    if source is None:
+        skipped = [m for m in ("prior", "prior-cv") if m in args.models]
+        args.models = [m for m in args.models if m not in skipped]
+        if skipped:
+            print(f"no source prior (pass --prior FILE.jsonl of another machine): {', '.join(skipped)} skipped")
     print(f"{args.data or args.profile}: {len(y)} measured ofa_mbv3 configs ({', '.join(f'{(variant == v).sum()} {v}' for v in ('fp32', 'int8', 'mixed'))}); "
           f"{provenance[:100]}")
     print("calibration draws: a third each of fp32 / int8 / mixed configs; scored on all other configs "
@@ -105,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                 preds["meta"] = prior.adapt(cal_samples, device=args.profile).predict(test_cfgs)
             if "analytic" in args.models:
                 preds["analytic"] = CostModelPredictor.fit(space, cal_samples, device=args.profile).predict(test_cfgs)
+            if "prior" in args.models:
+                preds["prior"] = CostModelPredictor.fit(space, cal_samples, prior=source).predict(test_cfgs)
+            if "prior-cv" in args.models:
+                cv = fit_with_source_prior(space, cal_samples, prior=source)
+                preds["prior-cv"] = cv.predict(test_cfgs)
+                key = "prior-cv:" + cv.provenance["prior_selected_by"]["chosen"]
+                chosen[key] = chosen.get(key, 0) + 1
             if "auto" in args.models:
                 auto = calibrate_predictor("ofa_mbv3", cal_samples, device=args.profile, method="auto")
                 preds["auto"] = auto.predict(test_cfgs)
@@ -125,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>4} {name:<10} {subset:<7} {avg['spearman']:>9.3f} {avg['kendall']:>8.3f} "
                   f"{avg['mape']:>7.1f} {avg['within10']:>6.0f}")
         if chosen:
-            print(f"{n:>4} auto chose: {', '.join(f'{k} {v}x' for k, v in sorted(chosen.items()))}")
+            print(f"{n:>4} chose: {', '.join(f'{k} {v}x' for k, v in sorted(chosen.items()))}")
     if args.noise:
         noise_floor(space, configs, y, variant)
     if args.remeasure:

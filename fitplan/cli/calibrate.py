@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     f = csub.add_parser("fit", help="calibrate a space's latency predictor to a profile")
     f.add_argument("--profile", required=True, help="profile name")
-    f.add_argument("--samples", required=True, help='CAL.json ({"samples": [{"arch", "latency_ms"}]}) or a '
+    f.add_argument("--samples", required=True, help='CAL.json ({"samples": [{"arch", "latency_ms"}]}), a `fitplan '
+                                                   "measure` .jsonl file or a "
                                                    "kit results.json")
     f.add_argument("--space", default=None, help="search space (default: from the samples file)")
     f.set_defaults(func=run_fit)

@@ -11,6 +11,8 @@ all-int8, another with a per-unit mix of ``--bits``; smallest and largest first,
 and resolutions); re-running the same command after an interruption skips what the file already holds. Measurements that end
 unstable are repeated at the end of the run (``--retries``, default 1); the file keeps every attempt and
 readers use the best one per config.
+
+The output file is also a calibration-sample file (``fitplan calibrate fit --samples data.jsonl``).
 """
 from __future__ import annotations
 

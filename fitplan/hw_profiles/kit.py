@@ -333,10 +333,14 @@ def import_results(results_path: str | Path, name: str, *, kind: str = "cpu", ma
 
 # --------------------------------------------------------------------------- samples for `calibrate fit`
 def read_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
-    """Samples ``[{"arch", "latency_ms"}]`` from a DESIGN.md ``CAL.json`` or a kit ``results.json``.
+    """Samples ``[{"arch", "latency_ms"}]`` from a DESIGN.md ``CAL.json``, a kit ``results.json`` or a
+    ``fitplan measure`` file (``.jsonl``: the best attempt per config with status ok, full configs with their
+    bits, latency = its median).
 
     Returns ``(space name if the file says, samples)``; fp32 rows only from a results file.
     """
+    if str(path).endswith(".jsonl"):
+        return _measured_samples(path)
     doc = load_json(path, "samples")
     space = None
     if isinstance(doc, dict) and doc.get("format") == RESULTS_FORMAT:
@@ -363,3 +367,19 @@ def read_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
         out.append({"arch": s["arch"], "latency_ms": check_finite(f"samples.{i}.latency_ms", s.get("latency_ms"),
                                                                   positive=True)})
     return space, out
+
+
+def _measured_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
+    """:func:`read_samples` of a ``fitplan measure`` JSONL file."""
+    from fitplan.hw_profiles.measure import best_records, read_measurements
+
+    header, records = read_measurements(path)
+    if header is None:
+        raise ConfigError("samples", f"{path}: no such measurements file, or it is empty")
+    spec = header.get("space")
+    space = spec.get("space") if isinstance(spec, dict) else spec if isinstance(spec, str) else None
+    ok = [r for r in best_records(records) if r.get("status") == "ok"]
+    if not ok:
+        raise ConfigError("samples", f"{path} holds no successful measurement ({len(records)} records)")
+    return space, [{"arch": r["config"], "latency_ms": check_finite(f"samples.{i}.latency_ms", r.get("median_ms"),
+                                                                    positive=True)} for i, r in enumerate(ok)]

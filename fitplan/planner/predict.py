@@ -103,12 +103,14 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
     prices every unit by its own bit-width: on ONNX Runtime CPUs int8 pays for dense (pointwise) convs and
     costs for depthwise ones and for large activations, so a net that keeps its early layers float and runs
     its late ones in int8 can be faster than both pure precisions while all-int8 is not
-    (``benchmarks/mixed_precision.py``); a whole-network factor cannot express that.
+    (``benchmarks/mixed_precision.py``); a whole-network factor cannot express that. Where fitplan ships a
+    measured dataset of the space (another machine's), the fit is anchored on it when that cross-validates
+    better (:func:`fitplan.predictors.analytic.fit_with_source_prior`).
 
     Returns ``(predictor, samples, method)``; ``method`` is the measurement method of the last sample.
     """
     from fitplan.hw_profiles.measure import sample_measure_configs
-    from fitplan.predictors.analytic import CostModelPredictor
+    from fitplan.predictors.analytic import fit_with_source_prior
 
     supernet = space.build_supernet()
     threads = int(getattr(getattr(profile, "runtime", None), "threads", None) or 1)
@@ -124,8 +126,8 @@ def fit_local_latency(space: Any, profile: Any, n: int = 12, seed: int = 0, cach
     samples = collect_samples(space, first, n, seed, measure, cache=cache, cache_key={"batch": batch},
                               desc="calibrate local latency", retry_unstable=not quick)
     method = next((s["method"] for s in reversed(samples) if "method" in s), "")
-    model = CostModelPredictor.fit(space, [{"config": s["config"], "latency_ms": s["latency_ms"]} for s in samples],
-                                   device=str(getattr(profile, "name", profile)))
+    model = fit_with_source_prior(space, [{"config": s["config"], "latency_ms": s["latency_ms"]} for s in samples],
+                                  device=str(getattr(profile, "name", profile)))
     return model, samples, method
 
 
@@ -260,7 +262,9 @@ def resolve_latency(space: Any, profile: Any, *, out_dir: Path | None = None, ba
         kinds = "fp32, all-int8 and mixed 8/32-bit" if int8 else "uncompressed"
         desc = (f"predicted: fitplan.predictors CostModelPredictor (per-unit NNLS on dense/depthwise MACs, "
                 f"activations, launches, per bit-width) fitted to {len(samples)} {kinds} configs measured here "
-                f"({method[:120]})")
+                f"({method[:120]})"
+                + ("; anchored on the shipped source-machine model"
+                   if model.provenance.get("prior_selected_by", {}).get("chosen") == "prior" else ""))
         predict = lambda configs: model.predict(list(configs), unknown="fp32", validate=False)  # noqa: E731
         learned = effects_to_speedups(model.effects)
         gain = best_int8_gain(model, space)

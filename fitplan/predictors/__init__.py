@@ -5,9 +5,10 @@ meta-trained on the shipped HELP/HW-NAS-Bench devices, adapted to a new device f
 blended with a Bayesian model average of rescaled source devices (:mod:`fitplan.predictors.basis`).
 Analytic (:mod:`fitplan.predictors.analytic`): :class:`CostModelPredictor`, a few-shot per-unit cost model
 for any registered space that prices each compression unit by its own bit-width (fp32 / int8 / mixed from
-one fit). :func:`calibrate_profile` picks between the two per device.
+one fit), anchored where it helps on the model of a machine fitplan ships measurements of
+(:func:`source_prior`, :func:`fit_with_source_prior`). :func:`calibrate_profile` picks per device.
 """
-from fitplan.predictors.analytic import CostModelHyper, CostModelPredictor
+from fitplan.predictors.analytic import CostModelHyper, CostModelPredictor, fit_with_source_prior, source_prior
 from fitplan.predictors.latency import (
     AdaptedPredictor,
     LatencyPredictor,
@@ -27,7 +28,9 @@ __all__ = [
     "LatencyPredictor",
     "calibrate_predictor",
     "calibrate_profile",
+    "fit_with_source_prior",
     "load_profile_predictor",
     "parse_samples",
     "predictor_for_device",
+    "source_prior",
 ]

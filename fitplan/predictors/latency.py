@@ -517,15 +517,19 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     their leave-one-out (at most 10-fold) mean relative error on the calibration samples: the meta prior wins
     on devices like its sources (fp32 GPUs/phones of HELP), the analytic model on devices unlike them and
     wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where int8 pays for
-    pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Spaces
-    without a meta prior always use ``analytic``. The choice and both errors are in ``provenance``.
+    pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Where fitplan ships
+    a measured dataset of the space (:func:`fitplan.predictors.analytic.source_prior`), the analytic model
+    anchored on it (``"analytic+prior"``) is a third candidate. Spaces without a meta prior use ``analytic``
+    (:func:`~fitplan.predictors.analytic.fit_with_source_prior`: with or without the source prior, by the
+    same cross-validation). The choice and the errors are in ``provenance``.
     """
-    from fitplan.predictors.analytic import CostModelPredictor, loo_relative_errors
+    from fitplan.predictors.analytic import (CostModelPredictor, fit_with_source_prior, loo_relative_errors,
+                                             source_prior)
 
     if method not in CALIBRATION_METHODS:
         raise ConfigError("method", f"unknown calibration method {method!r}", CALIBRATION_METHODS)
     if method == "analytic" or (method == "auto" and space not in PREDICTOR_SPACES):
-        return CostModelPredictor.fit(space, samples, device=device)
+        return fit_with_source_prior(space, samples, device=device)
     base = LatencyPredictor.for_space(space)  # UnknownNameError for a space without a prior
     if method == "meta":
         return base.adapt(samples, device=device)
@@ -536,6 +540,14 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     errs: dict[str, float] = {}
     fits = {"meta": lambda tr: base.adapt([items[i] for i in tr], device=device),
             "analytic": lambda tr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device)}
+    prior = source_prior(space)
+    if prior is not None:
+        try:
+            with_prior = CostModelPredictor.fit(space, items, device=device, prior=prior)
+            fits["analytic+prior"] = lambda tr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device,
+                                                                       prior=prior)
+        except ConfigError:  # a compression class the prior has no data on: no prior
+            prior = None
     for name, fit in fits.items():
         def fit_predict(tr: np.ndarray, te: np.ndarray, fit: Any = fit) -> np.ndarray:
             return fit(tr).predict([configs[i] for i in te], unknown="fp32")
@@ -545,8 +557,9 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
             errs[name] = float(np.mean(e) * 100)
         except ConfigError:  # e.g. a fold with fewer than 3 fp32 samples for the meta predictor
             errs[name] = float("inf")
-    pick = "analytic" if errs["analytic"] < errs["meta"] else "meta"
-    pred = analytic if pick == "analytic" else base.adapt(items, device=device)
+    pick = min(errs, key=lambda k: (errs[k], k != "analytic+prior"))
+    pred = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
+            "meta": lambda: base.adapt(items, device=device)}[pick]()
     pred.provenance["selected_by"] = {"rule": "lower cross-validated mean relative error on the calibration "
                                               "samples (leave-one-out, at most 10 folds)",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)

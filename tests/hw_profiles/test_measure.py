@@ -193,3 +193,18 @@ def test_sample_measure_configs_mixes_scattered_and_split_precisions():
     configs = sample_measure_configs(space, 24, seed=0)
     changes = [measure_mod.precision_changes(space, c) for c in configs if len(set(c["bits"])) > 1]
     assert len(changes) == 8 and changes.count(1) >= 3 and max(changes) > 3, changes
+
+
+
+def test_cli_calibrate_fit_reads_a_measurements_file(registered_tiny, home, tmp_path, capsys):
+    """``fitplan measure`` output is a calibration-sample file: ``calibrate fit`` uses its best attempt per
+    config; a file without a successful measurement is refused with exit code 2."""
+    out = tmp_path / "cal.jsonl"
+    assert main(["measure", "--space", registered_tiny, "--n", "5", "--out", str(out), "--max-seconds", "0.2",
+                 "--retries", "0"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "fit", "--profile", "local-cpu-1t", "--samples", str(out)]) == 0
+    assert "on 5 samples" in capsys.readouterr().out
+    assert registered_tiny in get_profile("local-cpu-1t").predictors
+    assert main(["calibrate", "fit", "--profile", "local-cpu-1t", "--samples", str(tmp_path / "none.jsonl")]) == 2
+    assert "samples" in capsys.readouterr().err
