@@ -507,12 +507,17 @@ def test_prior_must_fit_the_space_and_the_sample_classes(ofa):
     with pytest.raises(ConfigError) as e:
         CostModelPredictor.fit(ofa, samples, prior=prior_fp32)  # the samples have int8 units, the prior does not
     assert e.value.field == "prior"
-    other = create_space("ofa_mbv3", width_mult=0.75)
+    other = create_space("elastic_resnet")
     oc = _configs(other, 12, seed=45, kinds=("fp32",))
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError) as e:  # another space
         CostModelPredictor.fit(ofa, _samples(fp32_only, _truth(ofa, fp32_only)),
                                prior=CostModelPredictor.fit(other, _samples(oc, _truth(other, oc))))
     assert e.value.field == "prior"
+    # another spec of the same space: its per-feature coefficients are a valid prior
+    narrow = create_space("ofa_mbv3", width_mult=0.75)
+    nc = _configs(narrow, 5, seed=48, kinds=("fp32",))
+    m = CostModelPredictor.fit(narrow, _samples(nc, 2.0 * _truth(narrow, nc)), prior=prior_fp32)
+    np.testing.assert_allclose(m.predict(nc), 2.0 * _truth(narrow, nc), rtol=0.05)
     # fit_with_source_prior falls back to the plain fit and says why
     m = fit_with_source_prior(ofa, samples, prior=prior_fp32)
     assert m.provenance["prior_selected_by"]["chosen"] == "none" and "prior" not in m.provenance
@@ -522,7 +527,7 @@ def test_source_prior_is_the_shipped_local_dataset(ofa):
     prior = source_prior(ofa)
     assert prior is not None and {"fp32", "bits=8", "bits=8@mixed"} <= set(prior.classes)
     assert prior.n_samples >= 100 and "local-cpu-1t" in prior.provenance["source"]
-    assert source_prior(create_space("ofa_mbv3", width_mult=0.75)) is None  # shipped data are default-spec
+    assert source_prior(create_space("ofa_mbv3", width_mult=0.75)) is prior  # one model per space
     assert source_prior("elastic_resnet") is None
     cal = _configs(ofa, 9, seed=46)
     # a device 3x slower than the source machine with its structure: the cross-validation keeps the prior
