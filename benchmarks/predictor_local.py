@@ -16,7 +16,8 @@ on the same N samples and scored on every other config of the file, for all conf
               on all of ``--prior FILE.jsonl``, default the shipped dataset of ``local-cpu-1t`` when ``--data``
               is given) rescaled per class to the N samples and shrunk toward (module doc of
               :mod:`fitplan.predictors.analytic`, "Source prior");
-``prior-cv``  ``fit_with_source_prior``: with or without that prior, by cross-validated error on the N samples;
+``prior-cv``  ``fit_with_source_prior``: with or without that prior, by cross-validated error on the N samples
+              (one-standard-error rule in favour of the prior);
 ``auto``      ``calibrate_predictor(method="auto")``: meta or analytic, by cross-validated error on the N
               samples (what ``fitplan calibrate fit`` stores);
 ``macs-lsq``  baseline: least squares of latency on [1, MACs, MACs x int8 share].
@@ -36,11 +37,11 @@ with the shipped prior, what ``fitplan calibrate fit`` and the planner do; ``--p
 
     python benchmarks/predictor_local.py --data benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
         --models analytic prior prior-cv --n 10 20 --draws 30
-    N=10: analytic 0.960 / 75 %, prior 0.986 / 88 %, prior-cv 0.984 / 86 %
-    N=20: analytic 0.985 / 88 %, prior 0.989 / 91 %, prior-cv 0.988 / 90 %
+    N=10: analytic 0.960 / 75 %, prior 0.986 / 88 %, prior-cv 0.984 / 87 % (auto the same)
+    N=20: analytic 0.985 / 88 %, prior 0.989 / 91 %, prior-cv 0.989 / 90 % (auto 0.988 / 90 %)
     python benchmarks/predictor_local.py --prior benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
         --models analytic prior prior-cv --n 10 20 --draws 30
-    N=10: analytic 0.942 / 73 %, prior 0.980 / 90 %, prior-cv 0.975 / 87 %
+    N=10: analytic 0.942 / 73 %, prior 0.980 / 90 %, prior-cv 0.980 / 90 %
     N=20: analytic 0.971 / 85 %, prior 0.982 / 92 %, prior-cv 0.982 / 92 %
 
 ``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl``: a second VM of the same cloud (reference anchor 0.69 ms,

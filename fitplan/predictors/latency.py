@@ -519,12 +519,13 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where int8 pays for
     pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Where fitplan ships
     a measured dataset of the space (:func:`fitplan.predictors.analytic.source_prior`), the analytic model
-    anchored on it (``"analytic+prior"``) is a third candidate. Spaces without a meta prior use ``analytic``
-    (:func:`~fitplan.predictors.analytic.fit_with_source_prior`: with or without the source prior, by the
-    same cross-validation). The choice and the errors are in ``provenance``.
+    anchored on it (``"analytic+prior"``) is kept over the plain analytic fit unless that cross-validates
+    better by more than one standard error (:func:`~fitplan.predictors.analytic.prefer_prior`). Spaces
+    without a meta prior use ``analytic`` (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the
+    same rule). The choice and the errors are in ``provenance``.
     """
     from fitplan.predictors.analytic import (CostModelPredictor, fit_with_source_prior, loo_relative_errors,
-                                             source_prior)
+                                             prefer_prior, source_prior)
 
     if method not in CALIBRATION_METHODS:
         raise ConfigError("method", f"unknown calibration method {method!r}", CALIBRATION_METHODS)
@@ -537,7 +538,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     analytic = CostModelPredictor.fit(space, items, device=device)  # validates the samples
     configs = [s.get("arch", s.get("config")) for s in items]
     y = np.asarray([float(s["latency_ms"]) for s in items])
-    errs: dict[str, float] = {}
+    errs: dict[str, np.ndarray] = {}
     fits = {"meta": lambda tr: base.adapt([items[i] for i in tr], device=device),
             "analytic": lambda tr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device)}
     prior = source_prior(space)
@@ -553,17 +554,23 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
             return fit(tr).predict([configs[i] for i in te], unknown="fp32")
 
         try:
-            e = loo_relative_errors(fit_predict, configs, y, folds=10)
-            errs[name] = float(np.mean(e) * 100)
+            errs[name] = loo_relative_errors(fit_predict, configs, y, folds=10)
         except ConfigError:  # e.g. a fold with fewer than 3 fp32 samples for the meta predictor
-            errs[name] = float("inf")
-    pick = min(errs, key=lambda k: (errs[k], k != "analytic+prior"))
+            errs[name] = np.full(len(y), np.inf)
+    # the analytic model with or without the prior (one-standard-error rule), then the lower mean vs meta
+    best_analytic = ("analytic+prior" if "analytic+prior" in errs and prefer_prior(errs["analytic"],
+                                                                                   errs["analytic+prior"])
+                     else "analytic")
+    mean = {k: float(np.mean(v) * 100) for k, v in errs.items()}
+    pick = best_analytic if mean[best_analytic] <= mean["meta"] else "meta"
     pred = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
             "meta": lambda: base.adapt(items, device=device)}[pick]()
-    pred.provenance["selected_by"] = {"rule": "lower cross-validated mean relative error on the calibration "
-                                              "samples (leave-one-out, at most 10 folds)",
+    pred.provenance["selected_by"] = {"rule": "cross-validated relative error on the calibration samples "
+                                              "(leave-one-out, at most 10 folds): the analytic model with the "
+                                              "source prior unless it is worse by more than one standard error, "
+                                              "then the lower mean against meta",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
-                                                                          for k, v in errs.items()}}
+                                                                          for k, v in mean.items()}}
     return pred
 
 

@@ -26,6 +26,7 @@ from fitplan.predictors.analytic import (
     UNIT_FEATURES,
     UnitFeaturizer,
     fit_with_source_prior,
+    prefer_prior,
     source_prior,
 )
 from fitplan.search_spaces import create_space
@@ -537,3 +538,12 @@ def test_source_prior_is_the_shipped_local_dataset(ofa):
     assert sel["chosen"] == "prior" and sel["cv_mean_ape_pct"]["prior"] <= sel["cv_mean_ape_pct"]["plain"]
     test = _configs(ofa, 30, seed=47)
     np.testing.assert_allclose(m.predict(test), 3.0 * prior.predict(test), rtol=0.05)
+
+
+def test_prefer_prior_is_a_one_standard_error_rule():
+    rng = np.random.default_rng(0)
+    plain = rng.uniform(0.02, 0.06, 10)
+    assert prefer_prior(plain, plain + rng.normal(0.002, 0.01, 10))  # slightly worse, within noise: the prior
+    assert not prefer_prior(plain, plain + 0.03)  # worse on every sample: plain
+    assert prefer_prior(plain, plain - 0.01)
+    assert not prefer_prior(plain, np.full(10, np.inf))  # the prior could not be cross-validated
