@@ -132,9 +132,74 @@ def method_ridge(ctx: Context, alpha: float = 1.0) -> np.ndarray:
     return (ctx.x[:, :-1] - mu_x) @ w + mu_y
 
 
+_DESIGN: dict = {}
+
+
+def _analytic_design(space: str) -> np.ndarray:
+    """Design rows of the analytic cost model for every arch of the space's shipped dataset (uncompressed:
+    the ``fp32`` class), built once per space."""
+    if space not in _DESIGN:
+        from fitplan.hw_profiles.latency_data import load_latency_dataset
+        from fitplan.predictors.analytic import BASE_CLASS, UnitFeaturizer
+        from fitplan.search_spaces import create_space
+
+        ds = load_latency_dataset(space)
+        sp = create_space(space)
+        conv = getattr(sp, "from_arch", None)
+        cfgs = [sp.validate(conv(ds.arch(i)) if callable(conv) else ds.arch(i)) for i in range(len(ds.latency_ms))]
+        _DESIGN.clear()
+        _DESIGN[space] = (cfgs, UnitFeaturizer(sp).design(cfgs, [BASE_CLASS])[0])
+    return _DESIGN[space]
+
+
+def _analytic_fit_predict(space: str, idx: np.ndarray, y_s: np.ndarray, rows: np.ndarray,
+                          prior: object = None) -> np.ndarray:
+    from fitplan.predictors.analytic import BASE_CLASS, CostModelPredictor
+
+    cfgs, x = _analytic_design(space)
+    m = CostModelPredictor.fit(space, [{"config": cfgs[i], "latency_ms": float(v)} for i, v in zip(idx, y_s)],
+                               prior=prior)
+    w = np.concatenate([[m.intercept_ms], m.coef[BASE_CLASS], m.boundary_coef])
+    return x[rows] @ w
+
+
+def method_analytic(ctx: Context) -> np.ndarray:
+    """The analytic per-unit cost model (:class:`~fitplan.predictors.analytic.CostModelPredictor`) on the N
+    samples alone: no source device."""
+    return _analytic_fit_predict(ctx.prior.space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)))
+
+
+def method_auto(ctx: Context) -> np.ndarray:
+    """What :func:`~fitplan.predictors.latency.calibrate_predictor` does by default, on the same samples: the
+    analytic model with the shipped local source prior (:func:`~fitplan.predictors.analytic.source_prior`,
+    where the space has one) unless the plain analytic fit cross-validates better by more than one standard
+    error, then that or the meta-learned model (``ours+basis``), whichever has the lower leave-one-out (at
+    most 10 folds) mean relative error on the N samples."""
+    from fitplan.predictors.analytic import prefer_prior, source_prior
+
+    space = ctx.prior.space
+    n = len(ctx.idx)
+    folds = [np.array([i]) for i in range(n)] if n <= 10 else np.array_split(
+        np.random.default_rng(0).permutation(n), 10)
+    src = source_prior(space)
+    cands = {"meta": None, "analytic": None} | ({"analytic+prior": src} if src is not None else {})
+    err = {k: np.zeros(n) for k in cands}
+    for te in folds:
+        tr = np.setdiff1d(np.arange(n), te)
+        sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
+        for k, pr in cands.items():
+            p = (method_ours_basis(sub)[ctx.idx[te]] if k == "meta"
+                 else _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=pr))
+            err[k][te] = np.abs(p / ctx.y_s[te] - 1)
+    best = "analytic+prior" if src is not None and prefer_prior(err["analytic"], err["analytic+prior"]) else "analytic"
+    if np.mean(err[best]) < np.mean(err["meta"]):
+        return _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=cands[best])
+    return method_ours_basis(ctx)
+
+
 METHODS: dict[str, Callable[[Context], np.ndarray]] = {
     "ours+basis": method_ours_basis, "ours": method_ours, "flops": method_flops, "nearest": method_nearest,
-    "ridge": method_ridge}
+    "ridge": method_ridge, "analytic": method_analytic, "auto": method_auto}
 
 
 # ------------------------------------------------------------------------------------------ protocol
