@@ -104,5 +104,11 @@ def run_fit(args: argparse.Namespace) -> int:
         "measured", f"latency predictor calibrated on {len(samples)} measured samples from {args.samples}",
         when=utc_now(), how="fitplan.predictors.calibrate_profile")
     path = save_profile(prof)
-    print(f"calibrated {space} predictor for {prof.name!r} on {len(samples)} samples -> {path}")
+    sel = (state.get("provenance") or {}).get("selected_by") or (state.get("provenance") or {}).get(
+        "prior_selected_by") or {}
+    how = ""
+    if sel.get("chosen"):
+        cv = ", ".join(f"{k} {v:.1f} %" for k, v in (sel.get("cv_mean_ape_pct") or {}).items() if v is not None)
+        how = f" (chosen: {sel['chosen']}" + (f"; leave-one-out mean error {cv}" if cv else "") + ")"
+    print(f"calibrated {space} predictor for {prof.name!r} on {len(samples)} samples{how} -> {path}")
     return 0

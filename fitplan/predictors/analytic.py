@@ -99,9 +99,9 @@ the samples per variant, 30 draws; Spearman / share within ±10 %)::
 
 Mixed-precision configs gain most (VM 2, N=10: 62 -> 78 %). The cross-validated choice
 (:func:`prefer_prior`, a one-standard-error rule; the lower CV mean alone lost 1-3 points at N=10) costs
-0-1 point against always using the prior; it is the guard against a prior from an unlike device. The two penalties were chosen on these two directions
-(lam_prior 10-100 differed by < 1 point; lam_prior_base 1 beat 0.1-10 by ~1 point); a third machine may do
-worse.
+0-1 point against always using the prior; it is the guard against a prior from an unlike device. The two
+penalties were chosen on these two directions (lam_prior 10-100 differed by < 1 point; lam_prior_base 1 beat
+0.1-10 by ~1 point); a third machine may do worse.
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).
