@@ -173,8 +173,8 @@ def method_auto(ctx: Context) -> np.ndarray:
     """What :func:`~fitplan.predictors.latency.calibrate_predictor` does by default, on the same samples: the
     analytic model with the shipped local source prior (:func:`~fitplan.predictors.analytic.source_prior`,
     where the space has one) unless the plain analytic fit cross-validates better by more than one standard
-    error, then that or the meta-learned model (``ours+basis``), whichever has the lower leave-one-out (at
-    most 10 folds) mean relative error on the N samples."""
+    error, then (the samples are uncompressed) the meta-learned model (``ours+basis``) unless that analytic
+    model's leave-one-out (at most 10 folds) relative error is lower by more than one standard error."""
     from fitplan.predictors.analytic import prefer_prior, source_prior
 
     space = ctx.prior.space
@@ -192,7 +192,7 @@ def method_auto(ctx: Context) -> np.ndarray:
                  else _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=pr))
             err[k][te] = np.abs(p / ctx.y_s[te] - 1)
     best = "analytic+prior" if src is not None and prefer_prior(err["analytic"], err["analytic+prior"]) else "analytic"
-    if np.mean(err[best]) < np.mean(err["meta"]):
+    if not prefer_prior(err[best], err["meta"]):  # the meta model unless the analytic one is clearly better
         return _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=cands[best])
     return method_ours_basis(ctx)
 

@@ -509,6 +509,14 @@ def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
 CALIBRATION_METHODS = ("auto", "meta", "analytic")
 
 
+def _has_compression(cfg: Any) -> bool:
+    """Whether a sample's config has a unit below 32 bits or with sparsity (HELP archs have neither)."""
+    if not isinstance(cfg, Mapping):
+        return False
+    return (any(int(b) != 32 for b in cfg.get("bits") or ())
+            or any(float(v) > 0 for v in cfg.get("sparsity") or ()))
+
+
 def calibrate_predictor(space: str, samples: Any, device: str = "unknown", method: str = "auto"
                         ) -> "AdaptedPredictor | CostModelPredictor":
     """A latency predictor of ``device`` in ``space`` (default spec) from measured samples.
@@ -520,7 +528,11 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Where fitplan ships
     a measured dataset of the space (:func:`fitplan.predictors.analytic.source_prior`), the analytic model
     anchored on it (``"analytic+prior"``) is kept over the plain analytic fit unless that cross-validates
-    better by more than one standard error (:func:`~fitplan.predictors.analytic.prefer_prior`). Spaces
+    better by more than one standard error (:func:`~fitplan.predictors.analytic.prefer_prior`). Between that
+    and the meta model the default is the meta model for uncompressed samples (HELP's setting) and the
+    analytic one when compressed configs were measured; the other wins only if it cross-validates better by
+    more than one standard error (with 5 samples the plain lower mean picked the worse model often enough to
+    lose 0.01 Spearman on the LODO benchmark, ``benchmarks/predictor_fewshot.py`` column ``auto``). Spaces
     without a meta prior use ``analytic`` (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the
     same rule). The choice and the errors are in ``provenance``.
     """
@@ -557,18 +569,28 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
             errs[name] = loo_relative_errors(fit_predict, configs, y, folds=10)
         except ConfigError:  # e.g. a fold with fewer than 3 fp32 samples for the meta predictor
             errs[name] = np.full(len(y), np.inf)
-    # the analytic model with or without the prior (one-standard-error rule), then the lower mean vs meta
+    # the analytic model with or without the prior (one-standard-error rule)
     best_analytic = ("analytic+prior" if "analytic+prior" in errs and prefer_prior(errs["analytic"],
                                                                                    errs["analytic+prior"])
                      else "analytic")
     mean = {k: float(np.mean(v) * 100) for k, v in errs.items()}
-    pick = best_analytic if mean[best_analytic] <= mean["meta"] else "meta"
+    # the default is the model built for the samples at hand -- the meta-learned prior for uncompressed ones
+    # (HELP's setting), the per-unit analytic model where compressed configs were measured (the meta model
+    # has one whole-network factor per effect) -- and the other wins only if it is better by more than one
+    # standard error (with 5-10 samples the lower CV mean alone picked the worse model often enough to lose
+    # on average)
+    if any(_has_compression(c) for c in configs):
+        pick = best_analytic if prefer_prior(errs["meta"], errs[best_analytic]) else "meta"
+    else:
+        pick = "meta" if prefer_prior(errs[best_analytic], errs["meta"]) else best_analytic
     pred = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
             "meta": lambda: base.adapt(items, device=device)}[pick]()
     pred.provenance["selected_by"] = {"rule": "cross-validated relative error on the calibration samples "
                                               "(leave-one-out, at most 10 folds): the analytic model with the "
-                                              "source prior unless it is worse by more than one standard error, "
-                                              "then the lower mean against meta",
+                                              "source prior unless it is worse by more than one standard error; "
+                                              "then, for uncompressed samples the meta model and for samples with "
+                                              "compressed configs the analytic one, unless the other is better by "
+                                              "more than one standard error",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
     return pred
