@@ -84,9 +84,9 @@ fp32's by ``lam_prior_scale``), then (2) fits every coefficient shrunk toward th
 on the compressed classes and boundaries, where samples are scarce; the weaker ``lam_prior_base`` on fp32 and
 the intercept, which every sample informs), with the same Huber IRLS. A class the samples lack stays unknown.
 Because a prior from an unlike device (a GPU, a phone runtime) would mislead,
-:func:`fit_with_source_prior` fits with and without it and keeps the one with the lower cross-validated
-error on the samples (one-standard-error rule, :func:`prefer_prior`); ``calibrate_predictor`` and the
-planner's local fit use it. Measured
+:func:`fit_with_source_prior` fits with and without it and keeps the prior unless the plain fit
+cross-validates better on the samples by more than one standard error (:func:`prefer_prior`);
+``calibrate_predictor`` and the planner's local fit use it. Measured
 (``benchmarks/predictor_local.py``, this machine's two datasets measured on two VMs -- the shipped one and
 ``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl`` -- each calibrated with the other as prior, a third of
 the samples per variant, 30 draws; Spearman / share within ±10 %)::
@@ -224,7 +224,10 @@ class CostModelHyper:
         lam_boundary: shrinkage of the precision-boundary costs (:data:`BOUNDARY_FEATURES`) toward 0 in the
             tied stage (toward the tied value, with ``lam_dev``, in the free stage).
         lam_prior: only when fitted with a ``prior`` model (:meth:`CostModelPredictor.fit`): shrinkage of every
-            coefficient toward the prior's, rescaled per class to the samples (module doc, "Source prior").
+            compressed-class and boundary coefficient toward the prior's, rescaled per class to the samples
+            (module doc, "Source prior").
+        lam_prior_base: the same fit: the (weaker) shrinkage of the fp32 coefficients and the intercept, which
+            every sample informs.
         lam_prior_scale: the same fit: shrinkage of a compressed class's rescaling factor toward fp32's.
         lam_mixed: prior weight on ``log(s_mixed / s_c)²``, a mixed-graph class's factor (``"<c>@mixed"``,
             :data:`MIXED_SUFFIX`) relative to its pure-graph class's: a few mixed samples with ordinary noise
