@@ -104,8 +104,8 @@ def run_fit(args: argparse.Namespace) -> int:
         "measured", f"latency predictor calibrated on {len(samples)} measured samples from {args.samples}",
         when=utc_now(), how="fitplan.predictors.calibrate_profile")
     path = save_profile(prof)
-    sel = (state.get("provenance") or {}).get("selected_by") or (state.get("provenance") or {}).get(
-        "prior_selected_by") or {}
+    prov = state.get("provenance") or {}
+    sel = prov.get("selected_by") or prov.get("prior_selected_by") or {}
     how = ""
     if sel.get("chosen"):
         cv = ", ".join(f"{k} {v:.1f} %" for k, v in (sel.get("cv_mean_ape_pct") or {}).items() if v is not None)

@@ -135,9 +135,9 @@ def method_ridge(ctx: Context, alpha: float = 1.0) -> np.ndarray:
 _DESIGN: dict = {}
 
 
-def _analytic_design(space: str) -> np.ndarray:
-    """Design rows of the analytic cost model for every arch of the space's shipped dataset (uncompressed:
-    the ``fp32`` class), built once per space."""
+def _analytic_design(space: str) -> tuple[list[dict], np.ndarray]:
+    """Configs and design rows of the analytic cost model for every arch of the space's shipped dataset
+    (uncompressed: the ``fp32`` class), built once per space."""
     if space not in _DESIGN:
         from fitplan.hw_profiles.latency_data import load_latency_dataset
         from fitplan.predictors.analytic import BASE_CLASS, UnitFeaturizer
@@ -175,22 +175,20 @@ def method_auto(ctx: Context) -> np.ndarray:
     where the space has one) unless the plain analytic fit cross-validates better by more than one standard
     error, then (the samples are uncompressed) the meta-learned model (``ours+basis``) unless that analytic
     model's leave-one-out (at most 10 folds) relative error is lower by more than one standard error."""
-    from fitplan.predictors.analytic import prefer_prior, source_prior
+    from fitplan.predictors.analytic import loo_relative_errors, prefer_prior, source_prior
 
     space = ctx.prior.space
-    n = len(ctx.idx)
-    folds = [np.array([i]) for i in range(n)] if n <= 10 else np.array_split(
-        np.random.default_rng(0).permutation(n), 10)
     src = source_prior(space)
     cands = {"meta": None, "analytic": None} | ({"analytic+prior": src} if src is not None else {})
-    err = {k: np.zeros(n) for k in cands}
-    for te in folds:
-        tr = np.setdiff1d(np.arange(n), te)
-        sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
-        for k, pr in cands.items():
-            p = (method_ours_basis(sub)[ctx.idx[te]] if k == "meta"
-                 else _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=pr))
-            err[k][te] = np.abs(p / ctx.y_s[te] - 1)
+
+    def fit_predict(tr: np.ndarray, te: np.ndarray, k: str) -> np.ndarray:
+        if k == "meta":
+            sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
+            return method_ours_basis(sub)[ctx.idx[te]]
+        return _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=cands[k])
+
+    err = {k: loo_relative_errors(lambda tr, te, k=k: fit_predict(tr, te, k), ctx.idx, ctx.y_s, folds=10)
+           for k in cands}
     best = "analytic+prior" if src is not None and prefer_prior(err["analytic"], err["analytic+prior"]) else "analytic"
     if not prefer_prior(err[best], err["meta"]):  # the meta model unless the analytic one is clearly better
         return _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=cands[best])
