@@ -192,7 +192,7 @@ def read_jsonl(path: str):
     """``(space, configs, latency_ms, provenance)`` of the ``status == "ok"`` records of a measurements file
     (latency = ``median_ms``; configs validated against the space of the file's header), ``None`` (with a
     message) when the file has no usable records."""
-    from fitplan.hw_profiles.measure import best_records, read_measurements
+    from fitplan.hw_profiles.measure import ok_records, read_measurements
     from fitplan.search_spaces import create_space
 
     header, records = read_measurements(path)
@@ -203,7 +203,7 @@ def read_jsonl(path: str):
     if space.name != "ofa_mbv3":
         print(f"{path}: space {space.name!r}; this benchmark is for ofa_mbv3", file=sys.stderr)
         return None
-    ok = [r for r in best_records(records) if r.get("status") == "ok" and r.get("median_ms")]
+    ok = [r for r in ok_records(records) if r.get("median_ms")]
     configs = [space.validate(r["config"]) for r in ok]
     y = np.array([float(r["median_ms"]) for r in ok])
     prov = (f"{path}: {len(ok)} ok of {len(records)} records, profile {header.get('profile')}, "

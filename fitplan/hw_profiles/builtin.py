@@ -196,14 +196,14 @@ def int8_speedup_from_records(path: Any) -> tuple[str, str] | None:
     """``("yes" | "no" | "unknown", why)`` from fp32 / int8 pairs of the same architecture in a measured
     JSONL file (median fp32/int8 latency ratio: >= 1.1 yes, <= 1.0 no), ``None`` without pairs."""
     from fitplan.hw_profiles.kit import speedup_verdict
-    from fitplan.hw_profiles.measure import best_records, read_measurements
+    from fitplan.hw_profiles.measure import ok_records, read_measurements
 
     try:
         _, recs = read_measurements(path)
     except Exception:  # noqa: BLE001 - a broken data file must not make the profile unusable
         return None
     rows = [{"arch": {k: v for k, v in r["config"].items() if k not in ("bits", "sparsity", "sparsity_pattern")},
-             "variant": r["variant"], "median_ms": r["median_ms"]} for r in best_records(recs) if r.get("status") == "ok"]
+             "variant": r["variant"], "median_ms": r["median_ms"]} for r in ok_records(recs)]
     return speedup_verdict(rows)
 
 

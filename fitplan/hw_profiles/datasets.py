@@ -78,13 +78,13 @@ def resolve_data_path(arg: str) -> Path:
 
 @DATASET_LOADERS.register("jsonl")
 def _load_jsonl(ref: DatasetRef, arg: str) -> LatencySamples:
-    from fitplan.hw_profiles.measure import best_records, read_measurements
+    from fitplan.hw_profiles.measure import ok_records, read_measurements
 
     path = resolve_data_path(arg)
     if not path.is_file():
         raise ConfigError("datasets.dataset", f"measured dataset {path} does not exist (not measured yet?)")
     _, records = read_measurements(path)
-    ok = [r for r in best_records(records) if r.get("status") == "ok"]
+    ok = ok_records(records)
     return LatencySamples(ref.space, [r["config"] for r in ok],
                           np.asarray([r["median_ms"] for r in ok], dtype=np.float64),
                           ref.provenance.text, records=ok)

@@ -371,14 +371,14 @@ def read_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
 
 def _measured_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
     """:func:`read_samples` of a ``fitplan measure`` JSONL file."""
-    from fitplan.hw_profiles.measure import best_records, read_measurements
+    from fitplan.hw_profiles.measure import ok_records, read_measurements
 
     header, records = read_measurements(path)
     if header is None:
         raise ConfigError("samples", f"{path}: no such measurements file, or it is empty")
     spec = header.get("space")
     space = spec.get("space") if isinstance(spec, dict) else spec if isinstance(spec, str) else None
-    ok = [r for r in best_records(records) if r.get("status") == "ok"]
+    ok = ok_records(records)
     if not ok:
         raise ConfigError("samples", f"{path} holds no successful measurement ({len(records)} records)")
     return space, [{"arch": r["config"], "latency_ms": check_finite(f"samples.{i}.latency_ms", r.get("median_ms"),

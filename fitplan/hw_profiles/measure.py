@@ -509,6 +509,12 @@ def best_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+def ok_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The :func:`best_records` whose measurement succeeded (status ``ok``): what readers of a measurements
+    file use as its data."""
+    return [r for r in best_records(records) if r.get("status") == "ok"]
+
+
 def _append_line(path: Path, doc: Mapping[str, Any]) -> None:
     """Append one JSON line, flushed and fsynced; first repairs a torn last line (adds the newline)."""
     need_nl = False
