@@ -28,7 +28,7 @@ second fine-tune of one network would only measure training noise. The summary c
 (plan, baseline) pair of networks once (neighbouring budgets often pick the same plan and baseline).
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
-                                      [--race-candidates K] [--race-fraction F]
+                                      [--race-candidates K] [--race-fraction F] [--seed S]
     python benchmarks/plan_quality.py --summarize RUN1/results.json RUN2/results.json ...
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
@@ -172,7 +172,7 @@ def print_search(res: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- budgets part
 def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1,
-                 race: dict | None = None) -> dict:
+                 race: dict | None = None, seed: int = 0) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -192,7 +192,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
         dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
-                       space_options=opts, quick=quick, top_k=3, **train, **(race or {}))
+                       space_options=opts, quick=quick, top_k=3, seed=seed, **train, **(race or {}))
     ctx = prepare(base)
     prof, space = ctx.profile, ctx.space
     rule = {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
@@ -366,6 +366,9 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="budgets part: PlanRequest.seed (supernet training, data order, search); another seed is "
+                         "an independent run")
     ap.add_argument("--summarize", nargs="+", default=None, metavar="RESULTS.json",
                     help="only pool the budgets parts of earlier runs' results.json files")
     args = ap.parse_args(argv)
@@ -381,7 +384,7 @@ def main(argv=None) -> int:
     if args.part in ("budgets", "all"):
         race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction))
                 if v is not None}
-        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race)
+        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from fitplan.errors import ConfigError, FitplanError, InfeasibleBudgetError, UnknownNameError
+from fitplan.errors import ConfigError, DeliveredOverBudgetError, FitplanError, InfeasibleBudgetError, UnknownNameError
 
 #: public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["cancel", "result", "run_worker", "status", "submit"], "fitplan.jobs"),
 }
 
-__all__ = ["__version__", "ConfigError", "FitplanError", "InfeasibleBudgetError", "UnknownNameError",
-           *sorted(_EXPORTS)]
+__all__ = ["__version__", "ConfigError", "DeliveredOverBudgetError", "FitplanError", "InfeasibleBudgetError",
+           "UnknownNameError", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:

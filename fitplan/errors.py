@@ -50,6 +50,11 @@ class InfeasibleBudgetError(FitplanError):
     """No config of the space can meet the budget; the message names the smallest achievable value."""
 
 
+class DeliveredOverBudgetError(InfeasibleBudgetError):
+    """The fine-tuned, exported model measured over the latency budget when re-timed: no plan is returned
+    for it; its config is recorded as rejected, and finishing again materialises the next candidate."""
+
+
 def format_allowed(values: list[Any], limit: int = 12) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     if len(values) > limit:

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="share of the full fine-tune each raced candidate gets (default 0.3)")
     p.add_argument("--latency-margin", type=float, default=0.05,
                    help="headroom below a latency budget required when measured on the real runtime (default 0.05)")
+    p.add_argument("--deliver-attempts", type=int, default=2,
+                   help="candidates materialised in one run when a delivered model re-times over the latency budget "
+                        "(default 2)")
     p.add_argument("--supernet-epochs", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--space-option", action="append", default=[], metavar="KEY=JSON",
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                    top_k=args.top_k, uniform_candidates=args.uniform_candidates,
                    validate_candidates=args.validate_candidates, race_candidates=args.race_candidates,
                    race_fraction=args.race_fraction, latency_margin=args.latency_margin,
+                   deliver_attempts=args.deliver_attempts,
                    supernet_epochs=args.supernet_epochs,
                    finetune_epochs=args.finetune_epochs,
                    space_options=_space_options(args.space_option), quick=args.quick)

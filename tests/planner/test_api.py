@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _spaces import make_fake_profile
-from fitplan.errors import InfeasibleBudgetError
+from fitplan.errors import DeliveredOverBudgetError, InfeasibleBudgetError
 from fitplan.planner import Plan, PlanRequest, finish, load_model, plan, prepare, run_search
 
 FAST = dict(quick=True, top_k=1, supernet_epochs=1, finetune_epochs=1, max_train_steps=3, accuracy_subnets=6)
@@ -242,8 +242,8 @@ def test_verify_refines_when_more_accurate_candidates_broke_the_budget(tmp_path,
 
 def test_final_retiming_over_budget_returns_no_plan_and_next_run_moves_on(tmp_path, fake_latency, monkeypatch):
     # gate passes (call 0), the fine-tuned file then measures over budget three times (calls 1-3)
-    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.01 if i == 0 else 0.5)
-    with pytest.raises(InfeasibleBudgetError, match="no plan is returned"):
+    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.01 if i == 0 else 0.5, deliver_attempts=1)
+    with pytest.raises(DeliveredOverBudgetError, match="no plan is returned"):
         finish(ctx, study)
     assert len(calls) == 4
     doc = json.loads((tmp_path / "chosen.json").read_text())
@@ -289,6 +289,38 @@ def test_latency_correction_fits_measured_over_predicted():
     assert abs(a2 - np.log(1.25)) < 0.5
 
 
+def test_latency_correction_fits_no_slope_on_a_narrow_span():
+    """Candidates of nearly equal predicted latency say nothing about larger configs: no slope, only the
+    median offset (a slope of -0.5 from this noise would halve a 3.5x larger config's corrected latency)."""
+    from fitplan.planner.api import _corrected, _latency_correction
+
+    pred = [0.168, 0.170, 0.171]
+    meas = [0.186, 0.181, 0.176]
+    entries = [{"predicted": {"latency_ms": p}, "measured": {"latency_ms": {"value": m}}} for p, m in zip(pred, meas)]
+    a, b = _latency_correction(entries)
+    assert b == 0.0 and abs(a - np.median(np.log(np.divide(meas, pred)))) < 1e-12
+    assert _corrected(np.array([0.594]), a, b)[0] > 0.594
+
+
+def test_final_retiming_over_budget_moves_on_to_the_next_candidate_in_one_call(tmp_path, fake_latency, monkeypatch):
+    """Default deliver_attempts=2: the first delivered file re-times over the budget (calls 1-3), finish()
+    records it as rejected and materialises the next candidate itself, which is returned."""
+    ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.5 if i in (1, 2, 3) else 0.01)
+    p = finish(ctx, study)
+    doc = json.loads((tmp_path / "chosen.json").read_text())
+    assert len(doc["rejected"]) == 1 and p.config != doc["rejected"][0] and doc["config"] == p.config
+    assert p.checks["budget_met_measured_exported"] and len(calls) == 6
+    assert any(n.startswith("deliver: attempt 1 rejected") for n in p.notes)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_deliver_attempts_names_field(bad):
+    from fitplan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="deliver_attempts"):
+        PlanRequest("planner_tiny", "local", {"latency_ms": 1.0}, deliver_attempts=bad).validate()
+
+
 def test_uniform_candidates_adapt_the_latency_correction_after_misses(tmp_path, fake_latency, monkeypatch):
     """Uniformly scaled configs run 1.6x slower than predicted while the searched ones run as predicted: the
     first uniform picks miss the budget, the correction refitted on them moves to smaller ones, and only
@@ -308,6 +340,41 @@ def test_uniform_candidates_adapt_the_latency_correction_after_misses(tmp_path, 
     # this seed: a uniform pick misses, a later one (after the refit) fits
     assert any(e["measured"]["latency_ms"]["value"] > accept for e in uni) and len(within) == 1
     assert p.measured["latency_ms"]["value"] <= accept
+
+
+def test_uniform_picks_step_below_each_miss(tmp_path, fake_latency, monkeypatch):
+    """Uniform configs run 1.35x slower than predicted, next to many searched candidates measured exactly as
+    predicted: the correction (a median over all of them) barely moves after a miss, so without a cap the
+    next pick (the tiny space's next uniform config, predicted 17 % smaller) would miss too. Each pick after
+    a miss is predicted smaller by at least the factor it missed by."""
+    import fitplan.planner.api as api
+
+    order = []
+
+    def bias(c):
+        u = len(set(c["w"])) == 1 and len(set(c["d"])) == 1
+        if u:
+            order.append(c)
+        return 1.35 if u else 1.0
+
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, bias=bias, uniform_candidates=2)
+    order.clear()
+    rng = np.random.default_rng(0)
+    pred = ctx.evaluator.latency_predict
+    searched = [ctx.space.sample(rng, compression=False) for _ in range(40)]
+    searched = [c for c in searched if not (len(set(c["w"])) == 1 and len(set(c["d"])) == 1)][:15]
+    entries = [{"config": c, "predicted": {"accuracy": 0.5, "latency_ms": float(v)},
+                "measured": {"latency_ms": {"value": float(v)}}} for c, v in zip(searched, pred(searched))]
+    accept = 0.048  # between the two largest uniform configs' predictions (0.0464 and 0.0723 ms)
+    monkeypatch.setattr(api, "_accept_ms", lambda ctx: accept)
+    api._add_uniform(ctx, entries, [], [])
+    p = [float(v) for v in pred(order)]
+    m = [1.35 * v for v in p]
+    assert len(order) >= 2 and any(v > accept for v in m)
+    for i, (pi, mi) in enumerate(zip(p, m)):
+        if mi > accept:  # every later pick is predicted below this miss's pred x accept / measured
+            assert all(pj <= pi * accept / mi + 1e-12 for pj in p[i + 1:])
+    assert sum(v > accept for v in m) == 1 and sum(v <= accept for v in m) >= 1
 
 
 def test_fine_tune_race_keeps_the_lowest_val_cross_entropy_and_resumes_its_checkpoint(tmp_path, fake_latency,
