@@ -960,16 +960,10 @@ def fit_with_source_prior(space: Any, samples: Any, device: str = "unknown",
         plain.provenance["prior_selected_by"] = {"chosen": "none", "why": str(e)}
         return plain
     items = [{"config": c, "latency_ms": float(v)} for c, v in zip(configs, y)]
-    errs = {}
-    for name, pr in (("plain", None), ("prior", prior)):
-        def fit_predict(tr: np.ndarray, te: np.ndarray, pr: Any = pr) -> np.ndarray:
-            m = CostModelPredictor.fit(space, [items[i] for i in tr], device=device, prior=pr)
-            return m.predict([configs[i] for i in te], unknown="fp32", validate=False)
-
-        try:
-            errs[name] = loo_relative_errors(fit_predict, configs, y, folds=folds)
-        except ConfigError:  # a fold without an uncompressed sample
-            errs[name] = np.full(len(y), np.inf)
+    errs = cross_validated_errors(
+        {name: (lambda tr, pr=pr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device, prior=pr))
+         for name, pr in (("plain", None), ("prior", prior))},
+        configs, y, folds=folds, unknown="fp32", validate=False)
     pick = with_prior if prefer_prior(errs["plain"], errs["prior"]) else plain
     pick.provenance["prior_selected_by"] = {
         "rule": f"the prior unless the plain fit's cross-validated relative error (leave-one-out, at most {folds} "
@@ -978,6 +972,23 @@ def fit_with_source_prior(space: Any, samples: Any, device: str = "unknown",
         "cv_mean_ape_pct": {k: (float(np.mean(v) * 100) if np.isfinite(v).all() else None) for k, v in errs.items()},
         "prior_device": prior.device}
     return pick
+
+
+def cross_validated_errors(fits: Mapping[str, Any], configs: Sequence[Mapping[str, Any]], y: np.ndarray,
+                           folds: int = 10, **predict_kw: Any) -> dict[str, np.ndarray]:
+    """Per candidate model, :func:`loo_relative_errors` of ``fits[name](train_idx).predict(test configs,
+    **predict_kw)`` on the same folds; a candidate that cannot be fitted on some fold (``ConfigError``, e.g.
+    a fold without an uncompressed sample) gets infinite errors, so it is never chosen."""
+    errs: dict[str, np.ndarray] = {}
+    for name, fit in fits.items():
+        def fit_predict(tr: np.ndarray, te: np.ndarray, fit: Any = fit) -> np.ndarray:
+            return fit(tr).predict([configs[i] for i in te], **predict_kw)
+
+        try:
+            errs[name] = loo_relative_errors(fit_predict, configs, y, folds=folds)
+        except ConfigError:
+            errs[name] = np.full(len(y), np.inf)
+    return errs
 
 
 def loo_relative_errors(fit_predict: Any, configs: Sequence[Mapping[str, Any]], y: np.ndarray,
@@ -1006,6 +1017,7 @@ __all__ = [
     "CostModelHyper",
     "CostModelPredictor",
     "UnitFeaturizer",
+    "cross_validated_errors",
     "fit_with_source_prior",
     "loo_relative_errors",
     "prefer_prior",

@@ -536,7 +536,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     without a meta prior use ``analytic`` (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the
     same rule). The choice and the errors are in ``provenance``.
     """
-    from fitplan.predictors.analytic import (CostModelPredictor, fit_with_source_prior, loo_relative_errors,
+    from fitplan.predictors.analytic import (CostModelPredictor, cross_validated_errors, fit_with_source_prior,
                                              prefer_prior, source_prior)
 
     if method not in CALIBRATION_METHODS:
@@ -550,7 +550,6 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     analytic = CostModelPredictor.fit(space, items, device=device)  # validates the samples
     configs = [s.get("arch", s.get("config")) for s in items]
     y = np.asarray([float(s["latency_ms"]) for s in items])
-    errs: dict[str, np.ndarray] = {}
     fits = {"meta": lambda tr: base.adapt([items[i] for i in tr], device=device),
             "analytic": lambda tr: CostModelPredictor.fit(space, [items[i] for i in tr], device=device)}
     prior = source_prior(space)
@@ -561,14 +560,8 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
                                                                        prior=prior)
         except ConfigError:  # a compression class the prior has no data on: no prior
             prior = None
-    for name, fit in fits.items():
-        def fit_predict(tr: np.ndarray, te: np.ndarray, fit: Any = fit) -> np.ndarray:
-            return fit(tr).predict([configs[i] for i in te], unknown="fp32")
-
-        try:
-            errs[name] = loo_relative_errors(fit_predict, configs, y, folds=10)
-        except ConfigError:  # e.g. a fold with fewer than 3 fp32 samples for the meta predictor
-            errs[name] = np.full(len(y), np.inf)
+    # a fit that fails on a fold (e.g. fewer than 3 fp32 samples for the meta predictor) is never chosen
+    errs = cross_validated_errors(fits, configs, y, folds=10, unknown="fp32")
     # the analytic model with or without the prior (one-standard-error rule)
     best_analytic = ("analytic+prior" if "analytic+prior" in errs and prefer_prior(errs["analytic"],
                                                                                    errs["analytic+prior"])
