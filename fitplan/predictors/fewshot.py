@@ -17,6 +17,7 @@ noise-free proxy for devices whose latencies are per-layer sums (HW-NAS-Bench's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -132,24 +133,19 @@ def method_ridge(ctx: Context, alpha: float = 1.0) -> np.ndarray:
     return (ctx.x[:, :-1] - mu_x) @ w + mu_y
 
 
-_DESIGN: dict = {}
-
-
+@lru_cache(maxsize=1)
 def _analytic_design(space: str) -> tuple[list[dict], np.ndarray]:
     """Configs and design rows of the analytic cost model for every arch of the space's shipped dataset
-    (uncompressed: the ``fp32`` class), built once per space."""
-    if space not in _DESIGN:
-        from fitplan.hw_profiles.latency_data import load_latency_dataset
-        from fitplan.predictors.analytic import BASE_CLASS, UnitFeaturizer
-        from fitplan.search_spaces import create_space
+    (uncompressed: the ``fp32`` class), built once per space (the last one kept)."""
+    from fitplan.hw_profiles.latency_data import load_latency_dataset
+    from fitplan.predictors.analytic import BASE_CLASS, UnitFeaturizer
+    from fitplan.search_spaces import create_space
 
-        ds = load_latency_dataset(space)
-        sp = create_space(space)
-        conv = getattr(sp, "from_arch", None)
-        cfgs = [sp.validate(conv(ds.arch(i)) if callable(conv) else ds.arch(i)) for i in range(len(ds.latency_ms))]
-        _DESIGN.clear()
-        _DESIGN[space] = (cfgs, UnitFeaturizer(sp).design(cfgs, [BASE_CLASS])[0])
-    return _DESIGN[space]
+    ds = load_latency_dataset(space)
+    sp = create_space(space)
+    conv = getattr(sp, "from_arch", None)
+    cfgs = [sp.validate(conv(ds.arch(i)) if callable(conv) else ds.arch(i)) for i in range(len(ds.latency_ms))]
+    return cfgs, UnitFeaturizer(sp).design(cfgs, [BASE_CLASS])[0]
 
 
 def _analytic_fit_predict(space: str, idx: np.ndarray, y_s: np.ndarray, rows: np.ndarray,

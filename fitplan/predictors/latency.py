@@ -509,14 +509,6 @@ def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
 CALIBRATION_METHODS = ("auto", "meta", "analytic")
 
 
-def _has_compression(cfg: Any) -> bool:
-    """Whether a sample's config has a unit below 32 bits or with sparsity (HELP archs have neither)."""
-    if not isinstance(cfg, Mapping):
-        return False
-    return (any(int(b) != 32 for b in cfg.get("bits") or ())
-            or any(float(v) > 0 for v in cfg.get("sparsity") or ()))
-
-
 def calibrate_predictor(space: str, samples: Any, device: str = "unknown", method: str = "auto"
                         ) -> "AdaptedPredictor | CostModelPredictor":
     """A latency predictor of ``device`` in ``space`` (default spec) from measured samples.
@@ -572,7 +564,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     # has one whole-network factor per effect) -- and the other wins only if it is better by more than one
     # standard error (with 5-10 samples the lower CV mean alone picked the worse model often enough to lose
     # on average)
-    if any(_has_compression(c) for c in configs):
+    if any(isinstance(c, Mapping) and not _is_fp32(c) for c in configs):  # HELP archs: uncompressed
         pick = best_analytic if prefer_prior(errs["meta"], errs[best_analytic]) else "meta"
     else:
         pick = "meta" if prefer_prior(errs[best_analytic], errs["meta"]) else best_analytic
