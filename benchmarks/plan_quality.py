@@ -28,7 +28,8 @@ second fine-tune of one network would only measure training noise. The summary c
 (plan, baseline) pair of networks once (neighbouring budgets often pick the same plan and baseline).
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
-                                      [--race-candidates K] [--race-fraction F] [--seed S]
+                                      [--race-candidates K] [--race-fraction F]
+                                      [--race-tolerance T] [--seed S]
     python benchmarks/plan_quality.py --summarize RUN1/results.json RUN2/results.json ...
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
@@ -366,6 +367,7 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
+    ap.add_argument("--race-tolerance", type=float, default=None, help="budgets part: PlanRequest.race_tolerance")
     ap.add_argument("--seed", type=int, default=0,
                     help="budgets part: PlanRequest.seed (supernet training, data order, search); another seed is "
                          "an independent run")
@@ -382,8 +384,8 @@ def main(argv=None) -> int:
         results["search"] = search_part(args.quick, out)
         print_search(results["search"])
     if args.part in ("budgets", "all"):
-        race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction))
-                if v is not None}
+        race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction),
+                                  ("race_tolerance", args.race_tolerance)) if v is not None}
         results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))

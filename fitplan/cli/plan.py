@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the full fine-tune (default 3; 0 or 1 = off)")
     p.add_argument("--race-fraction", type=float, default=0.3,
                    help="share of the full fine-tune each raced candidate gets (default 0.3)")
+    p.add_argument("--race-tolerance", type=float, default=1.0,
+                   help="the race picks the slowest candidate within this many standard errors of the lowest "
+                        "validation cross-entropy (default 1.0; 0 = lowest cross-entropy)")
     p.add_argument("--latency-margin", type=float, default=0.05,
                    help="headroom below a latency budget required when measured on the real runtime (default 0.05)")
     p.add_argument("--deliver-attempts", type=int, default=2,
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(out_dir=args.out, n_trials=args.trials, sampler=args.sampler, engine=args.engine, seed=args.seed,
                    top_k=args.top_k, uniform_candidates=args.uniform_candidates,
                    validate_candidates=args.validate_candidates, race_candidates=args.race_candidates,
-                   race_fraction=args.race_fraction, latency_margin=args.latency_margin,
+                   race_fraction=args.race_fraction,
+                   race_tolerance=args.race_tolerance, latency_margin=args.latency_margin,
                    deliver_attempts=args.deliver_attempts,
                    supernet_epochs=args.supernet_epochs,
                    finetune_epochs=args.finetune_epochs,

@@ -544,12 +544,14 @@ def evaluate(model: nn.Module, config: Mapping[str, Any] | None, loader: Iterabl
 @torch.no_grad()
 def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader: Iterable, calib_batches:
                      Iterable[torch.Tensor] | None = None, *, input_shape: Sequence[int] | None = None,
-                     max_batches: int | None = None) -> dict[str, float]:
+                     max_batches: int | None = None, per_sample: bool = False) -> dict[str, Any]:
     """``{"accuracy", "nll", "n"}`` of ``config`` / ``model`` on ``loader`` (as :func:`evaluate`).
 
     ``nll`` is the mean cross-entropy of the true labels. On a small validation split it separates
     subnets far better than top-1 accuracy, which moves in steps of ``1 / n`` and saturates (the accuracy
-    predictor ranks subnets on it, see :mod:`fitplan.predictors.accuracy`).
+    predictor ranks subnets on it, see :mod:`fitplan.predictors.accuracy`). ``per_sample``: also
+    ``"nll_per_sample"`` (a float64 array in loader order), so that two models scored on the same loader can
+    be compared with a paired standard error.
     """
     if calib_batches is not None:
         recalibrate_bn(model, config, calib_batches, input_shape=input_shape)
@@ -559,18 +561,22 @@ def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader:
     device = next(model.parameters()).device
     model.eval()
     correct = total = 0
-    nll = 0.0
+    losses: list[torch.Tensor] = []
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(device), y.to(device)
         logits = model(resize_for_shape(x, shape) if shape else x)
         correct += int((logits.argmax(-1) == y).sum())
-        nll += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        losses.append(F.cross_entropy(logits.float(), y, reduction="none").double().cpu())
         total += int(y.numel())
     if total == 0:
         raise ConfigError("loader", "is empty")
-    return {"accuracy": correct / total, "nll": nll / total, "n": total}
+    nll = torch.cat(losses)
+    out: dict[str, Any] = {"accuracy": correct / total, "nll": float(nll.sum()) / total, "n": total}
+    if per_sample:
+        out["nll_per_sample"] = nll.numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------- weights only

@@ -14,6 +14,7 @@ from fitplan.errors import ConfigError
 from fitplan.search_spaces.compression import apply_compression
 from fitplan.search_spaces.training import (
     evaluate,
+    evaluate_metrics,
     finetune,
     latest_checkpoint,
     load_weights,
@@ -187,3 +188,22 @@ def test_finetune_resume_is_bit_exact(digits, tmp_path):
     assert any("act_fq" in k for k in sa) and sa.keys() == sc.keys()
     for k in sa:
         assert torch.equal(sa[k], sc[k]), k
+
+
+def test_evaluate_metrics_per_sample_cross_entropy_matches_the_mean(digits):
+    """``per_sample``: the cross-entropy of every image in loader order (paired comparisons of two models)."""
+    space, sn = _fresh()
+    cfg = space.largest()
+    loader = digits.loader("val", 64)
+    r = evaluate_metrics(sn, cfg, loader, per_sample=True)
+    per = r["nll_per_sample"]
+    assert per.shape == (r["n"],) and (per >= 0).all()
+    assert per.mean() == pytest.approx(r["nll"], rel=1e-9)
+    sn.set_active(cfg)
+    x, y = next(iter(loader))
+    with torch.no_grad():
+        from fitplan.data import resize_for_shape
+
+        first = F.cross_entropy(sn(resize_for_shape(x, space.input_shape(cfg))), y, reduction="none")
+    assert per[:len(y)] == pytest.approx(first.double().numpy(), rel=1e-5, abs=1e-6)
+    assert "nll_per_sample" not in evaluate_metrics(sn, cfg, loader)
