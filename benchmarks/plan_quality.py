@@ -349,13 +349,9 @@ def summarize(paths: list[str]) -> None:
 
 def correct_per_image(model, loader, shape) -> np.ndarray:
     """Boolean per test image (loader order): does ``model`` (inputs resized to ``shape``) get it right."""
-    import torch
+    from fitplan.search_spaces.training import evaluate_metrics
 
-    from fitplan.data import resize_for_shape
-
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate([(model(resize_for_shape(x, shape)).argmax(-1) == y).numpy() for x, y in loader])
+    return evaluate_metrics(model, None, loader, input_shape=shape, per_sample=True)["correct_per_sample"]
 
 
 def main(argv=None) -> int:

@@ -37,8 +37,6 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
     cache = run / "race_rules.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    import torch
-
     from fitplan.data import calibration_batches, resize_for_shape
     from fitplan.planner.api import PlanRequest, _train_loader, prepare
     from fitplan.planner.materialize import build_model, build_teacher
@@ -78,14 +76,10 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
                          max_steps=steps, device="cpu")
                 r = evaluate_metrics(model, None, val, input_shape=shape, per_sample=True)
                 finetune(model, teacher, train, epochs=finetune_epochs, checkpoint_dir=ckpt, seed=seed, device="cpu")
-            model.eval()
-            right = []
-            with torch.no_grad():
-                for x, y in test:
-                    right.append((model(resize_for_shape(x, shape)).argmax(-1) == y).numpy())
+            right = evaluate_metrics(model, None, test, input_shape=shape, per_sample=True)["correct_per_sample"]
             out[key] = {"races": [budget], "latency_ms": m["latency_ms"]["value"],
                         "race_val_nll_plan": m["race_val_nll"]["value"], "val_nll": r["nll_per_sample"].tolist(),
-                        "val_accuracy": r["accuracy"], "test_right": np.concatenate(right).astype(int).tolist()}
+                        "val_accuracy": r["accuracy"], "test_right": right.astype(int).tolist()}
     cache.write_text(json.dumps(out))
     return out
 

@@ -550,8 +550,8 @@ def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader:
     ``nll`` is the mean cross-entropy of the true labels. On a small validation split it separates
     subnets far better than top-1 accuracy, which moves in steps of ``1 / n`` and saturates (the accuracy
     predictor ranks subnets on it, see :mod:`fitplan.predictors.accuracy`). ``per_sample``: also
-    ``"nll_per_sample"`` (a float64 array in loader order), so that two models scored on the same loader can
-    be compared with a paired standard error.
+    ``"nll_per_sample"`` (float64) and ``"correct_per_sample"`` (bool) arrays in loader order, so that two
+    models scored on the same loader can be compared with a paired standard error.
     """
     if calib_batches is not None:
         recalibrate_bn(model, config, calib_batches, input_shape=input_shape)
@@ -560,22 +560,23 @@ def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader:
     shape = tuple(input_shape) if input_shape is not None else _module_input_shape(model)
     device = next(model.parameters()).device
     model.eval()
-    correct = total = 0
+    total = 0
     losses: list[torch.Tensor] = []
+    right: list[torch.Tensor] = []
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(device), y.to(device)
         logits = model(resize_for_shape(x, shape) if shape else x)
-        correct += int((logits.argmax(-1) == y).sum())
+        right.append((logits.argmax(-1) == y).cpu())
         losses.append(F.cross_entropy(logits.float(), y, reduction="none").double().cpu())
         total += int(y.numel())
     if total == 0:
         raise ConfigError("loader", "is empty")
-    nll = torch.cat(losses)
-    out: dict[str, Any] = {"accuracy": correct / total, "nll": float(nll.sum()) / total, "n": total}
+    nll, ok = torch.cat(losses), torch.cat(right)
+    out: dict[str, Any] = {"accuracy": int(ok.sum()) / total, "nll": float(nll.sum()) / total, "n": total}
     if per_sample:
-        out["nll_per_sample"] = nll.numpy()
+        out["nll_per_sample"], out["correct_per_sample"] = nll.numpy(), ok.numpy()
     return out
 
 

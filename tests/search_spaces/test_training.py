@@ -206,4 +206,6 @@ def test_evaluate_metrics_per_sample_cross_entropy_matches_the_mean(digits):
 
         first = F.cross_entropy(sn(resize_for_shape(x, space.input_shape(cfg))), y, reduction="none")
     assert per[:len(y)] == pytest.approx(first.double().numpy(), rel=1e-5, abs=1e-6)
+    ok = r["correct_per_sample"]
+    assert ok.shape == per.shape and ok.mean() == pytest.approx(r["accuracy"])
     assert "nll_per_sample" not in evaluate_metrics(sn, cfg, loader)
