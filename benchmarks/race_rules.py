@@ -38,7 +38,7 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
     if cache.is_file():
         return json.loads(cache.read_text())
     from fitplan.data import calibration_batches, resize_for_shape
-    from fitplan.planner.api import PlanRequest, _train_loader, prepare
+    from fitplan.planner.api import PlanRequest, _race_steps, _train_loader, prepare
     from fitplan.planner.materialize import build_model, build_teacher
     from fitplan.search_spaces.training import evaluate_metrics, finetune
 
@@ -56,7 +56,7 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
 
     teacher = build_teacher(space, supernet, calib(space.largest()))
     train = _train_loader(ctx)
-    steps = max(1, int(round(race_fraction * len(train) * finetune_epochs)))
+    steps, _ = _race_steps(req, len(train))
     val, test = ctx.data.loader("val", batch_size=256), ctx.data.loader("test", batch_size=256)
     out: dict = {}
     for plan_file in sorted(glob.glob(str(run / "budgets" / "f*" / "plan.json"))):

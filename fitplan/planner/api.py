@@ -968,10 +968,7 @@ def _race_finetune(ctx: PlanContext, entries: list[dict[str, Any]], calib_for: C
 
     req = ctx.request
     train = _train_loader(ctx)
-    total = len(train) * req.finetune_epochs
-    if req.max_train_steps is not None:
-        total = min(total, req.max_train_steps)
-    steps = max(1, int(round(req.race_fraction * total)))
+    steps, total = _race_steps(req, len(train))
     val = ctx.data.loader("val", batch_size=256)
     n_val = ctx.data.info.sizes.get("val")
     how = (f"measured: on the {n_val} validation images after {steps} of {total} fine-tuning steps "
@@ -997,6 +994,14 @@ def _race_finetune(ctx: PlanContext, entries: list[dict[str, Any]], calib_for: C
                  f"{m['latency_ms']['value']:.3f} ms; it was {'also' if best is entries[0] else 'not'} first in the "
                  "ranking before fine-tuning and continues")
     return best
+
+
+def _race_steps(req: PlanRequest, batches_per_epoch: int) -> tuple[int, int]:
+    """``(race steps, full fine-tune steps)`` for a request whose training loader has ``batches_per_epoch``."""
+    total = batches_per_epoch * req.finetune_epochs
+    if req.max_train_steps is not None:
+        total = min(total, req.max_train_steps)
+    return max(1, int(round(req.race_fraction * total))), total
 
 
 def _race_winner(entries: list[dict[str, Any]], nll_per_image: list[np.ndarray], tolerance: float

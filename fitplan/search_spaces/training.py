@@ -560,7 +560,6 @@ def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader:
     shape = tuple(input_shape) if input_shape is not None else _module_input_shape(model)
     device = next(model.parameters()).device
     model.eval()
-    total = 0
     losses: list[torch.Tensor] = []
     right: list[torch.Tensor] = []
     for i, (x, y) in enumerate(loader):
@@ -570,10 +569,11 @@ def evaluate_metrics(model: nn.Module, config: Mapping[str, Any] | None, loader:
         logits = model(resize_for_shape(x, shape) if shape else x)
         right.append((logits.argmax(-1) == y).cpu())
         losses.append(F.cross_entropy(logits.float(), y, reduction="none").double().cpu())
-        total += int(y.numel())
+    nll = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    total = len(nll)
     if total == 0:
         raise ConfigError("loader", "is empty")
-    nll, ok = torch.cat(losses), torch.cat(right)
+    ok = torch.cat(right)
     out: dict[str, Any] = {"accuracy": int(ok.sum()) / total, "nll": float(nll.sum()) / total, "n": total}
     if per_sample:
         out["nll_per_sample"], out["correct_per_sample"] = nll.numpy(), ok.numpy()
