@@ -30,6 +30,7 @@ second fine-tune of one network would only measure training noise. The summary c
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
                                       [--race-candidates K] [--race-fraction F]
                                       [--race-tolerance T] [--seed S]
+                                      [--supernet-epochs E] [--supernet-min-steps N]
     python benchmarks/plan_quality.py --summarize RUN1/results.json RUN2/results.json ...
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
@@ -172,8 +173,8 @@ def print_search(res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- budgets part
-def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epochs: int = 1,
-                 race: dict | None = None, seed: int = 0) -> dict:
+def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epochs: int = 1,
+                 race: dict | None = None, seed: int = 0, supernet_min_steps: int = 600) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -191,7 +192,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 4, finetune_epoc
         opts.update(width_mult=0.25, resolutions=[16, 20], depth_choices=[2, 3], expand_choices=[3, 4],
                     kernel_choices=[3, 5])
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
-        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
+        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs, supernet_min_steps=supernet_min_steps)
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
                        space_options=opts, quick=quick, top_k=3, seed=seed, **train, **(race or {}))
     ctx = prepare(base)
@@ -359,7 +360,11 @@ def main(argv=None) -> int:
     ap.add_argument("--part", default="all", choices=["search", "budgets", "all"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="fitplan-out/bench_plan_quality")
-    ap.add_argument("--supernet-epochs", type=int, default=4, help="budgets part: supernet training epochs")
+    ap.add_argument("--supernet-epochs", type=int, default=12,
+                    help="budgets part: supernet training epochs (default 12 = 660 steps on MNIST-5k)")
+    ap.add_argument("--supernet-min-steps", type=int, default=600,
+                    help="budgets part: PlanRequest.supernet_min_steps (0 with --supernet-epochs 4 = the "
+                         "220-step supernet of the figures before session 13)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
@@ -382,7 +387,8 @@ def main(argv=None) -> int:
     if args.part in ("budgets", "all"):
         race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction),
                                   ("race_tolerance", args.race_tolerance)) if v is not None}
-        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed)
+        results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed,
+                                          args.supernet_min_steps)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)

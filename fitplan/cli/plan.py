@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidates materialised in one run when a delivered model re-times over the latency budget "
                         "(default 2)")
     p.add_argument("--supernet-epochs", type=int, default=3)
+    p.add_argument("--supernet-min-steps", type=int, default=600,
+                   help="train the supernet for more epochs on a small dataset until this many optimizer steps "
+                        "(default 600; 0 = exactly --supernet-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--space-option", action="append", default=[], metavar="KEY=JSON",
                    help="space constructor option, e.g. width_mult=0.5 or 'resolutions=[28,32]' (repeatable)")
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                    race_fraction=args.race_fraction,
                    race_tolerance=args.race_tolerance, latency_margin=args.latency_margin,
                    deliver_attempts=args.deliver_attempts,
-                   supernet_epochs=args.supernet_epochs,
+                   supernet_epochs=args.supernet_epochs, supernet_min_steps=args.supernet_min_steps,
                    finetune_epochs=args.finetune_epochs,
                    space_options=_space_options(args.space_option), quick=args.quick)
     # --json: stdout carries the Plan JSON only; anything else printed meanwhile goes to stderr

@@ -95,6 +95,8 @@ def test_local_plan_with_data_verifies_and_finetunes(tmp_path, fake_latency):
         assert chosen["measured"]["val_accuracy"]["value"] == max(e["measured"]["val_accuracy"]["value"]
                                                                   for e in validated)
     assert (tmp_path / "finetune_ckpt").is_dir() and (tmp_path / "supernet" / "supernet.safetensors").is_file()
+    # digits' small train split: the 1-epoch request was stretched towards supernet_min_steps (capped here)
+    assert any("supernet_min_steps 600" in n and "stopped at max_train_steps 3" in n for n in p.notes), p.notes
     # a saved supernet dir is an accepted model
     p2 = plan(str(tmp_path / "supernet"), make_fake_profile(), {"latency_ms": 0.06}, out_dir=str(tmp_path / "b"),
               n_trials=50, **FAST)
@@ -258,6 +260,22 @@ def test_final_retiming_over_budget_returns_no_plan_and_next_run_moves_on(tmp_pa
     p = finish(ctx, study)
     assert p.config != first and p.checks["budget_met_measured_exported"]
     assert any("rejected by an earlier run" in n for n in p.notes)
+
+
+def test_supernet_epochs_reach_min_steps_on_small_data():
+    from fitplan.planner.api import supernet_epochs
+
+    assert supernet_epochs(4, 600, 55) == 11  # MNIST-5k: 55 steps per epoch
+    assert supernet_epochs(3, 600, 1000) == 3  # a large dataset keeps the requested epochs
+    assert supernet_epochs(4, 0, 55) == 4 and supernet_epochs(0, 600, 55) == 0  # off / training skipped
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "x", True])
+def test_bad_supernet_min_steps_names_field(bad):
+    from fitplan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="supernet_min_steps"):
+        PlanRequest("planner_tiny", "local", {"latency_ms": 1.0}, supernet_min_steps=bad).validate()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 0.5, "x", True])

@@ -11,6 +11,7 @@ from _spaces import ToySpace  # tests/_spaces.py (tests/conftest.py puts tests/ 
 
 from fitplan.data import calibration_batches, load_dataset
 from fitplan.errors import ConfigError
+from fitplan.search_spaces import create_space
 from fitplan.search_spaces.compression import apply_compression
 from fitplan.search_spaces.training import (
     evaluate,
@@ -19,6 +20,7 @@ from fitplan.search_spaces.training import (
     latest_checkpoint,
     load_weights,
     recalibrate_bn,
+    TrainSettings,
     sandwich_configs,
     save_weights,
     train_supernet,
@@ -65,6 +67,20 @@ def test_sandwich_configs_deterministic():
     a, b = sandwich_configs(space, 5, 0, 2), sandwich_configs(space, 5, 0, 2)
     assert a == b and a[0] == space.largest() and a[1] == space.smallest() and len(a) == 4
     assert sandwich_configs(space, 6, 0, 2) != a or sandwich_configs(space, 7, 0, 2) != a
+
+
+def test_sandwich_configs_share_one_resolution_per_step():
+    space = create_space("ofa_mbv3", width_mult=0.25, num_classes=10, in_chans=1, resolutions=[16, 20, 24])
+    steps = [sandwich_configs(space, k, 0, 2, step_resolution=True) for k in range(30)]
+    for cfgs in steps:
+        assert len({c["r"] for c in cfgs}) == 1
+        assert {k: v for k, v in cfgs[0].items() if k != "r"} == {k: v for k, v in space.largest().items() if k != "r"}
+        assert {k: v for k, v in cfgs[1].items() if k != "r"} == {k: v for k, v in space.smallest().items() if k != "r"}
+    assert {cfgs[0]["r"] for cfgs in steps} == {16, 20, 24}  # the largest subnet sees every resolution
+    fixed = sandwich_configs(space, 3, 0, 2)
+    assert fixed[0] == space.largest() and fixed[1] == space.smallest()
+    with pytest.raises(ConfigError, match="step_resolution"):
+        TrainSettings(step_resolution="yes").validate()
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
