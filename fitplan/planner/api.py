@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import inspect
-import math
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +86,8 @@ class PlanRequest:
             optimizer steps (0 = exactly ``supernet_epochs``). Why: a supernet needs steps, not passes over
             the data; on MNIST-5k (55 steps per epoch) 4 epochs left the middle of the space under-trained
             (subnets 0.78-0.93 val top-1 before fine-tuning); 12 epochs (660 steps) raised plan_quality's
-            mean plan test top-1 from 0.943 to 0.975 (seed 0) and 0.951 to 0.969 (seed 1)
-            (docs/DEVELOPING.md).
+            mean plan test top-1 from 0.943 to 0.975, 0.951 to 0.969 and 0.945 to 0.968 (seeds 0-2;
+            docs/DEVELOPING.md).
         accuracy_subnets: subnets evaluated to fit the accuracy predictor.
         max_train_steps: cap on steps per training run (quick runs / tests).
         known_good: extra configs enqueued as seeds.
