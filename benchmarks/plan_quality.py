@@ -174,7 +174,7 @@ def print_search(res: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- budgets part
 def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epochs: int = 1,
-                 race: dict | None = None, seed: int = 0, supernet_min_steps: int = 600) -> dict:
+                 race: dict | None = None, seed: int = 0, supernet_min_steps: int | None = None) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -192,7 +192,9 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
         opts.update(width_mult=0.25, resolutions=[16, 20], depth_choices=[2, 3], expand_choices=[3, 4],
                     kernel_choices=[3, 5])
     train = dict(supernet_epochs=1, finetune_epochs=1, max_train_steps=3) if quick else \
-        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs, supernet_min_steps=supernet_min_steps)
+        dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
+    if supernet_min_steps is not None and not quick:
+        train["supernet_min_steps"] = supernet_min_steps
     base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
                        space_options=opts, quick=quick, top_k=3, seed=seed, **train, **(race or {}))
     ctx = prepare(base)
@@ -362,9 +364,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="fitplan-out/bench_plan_quality")
     ap.add_argument("--supernet-epochs", type=int, default=12,
                     help="budgets part: supernet training epochs (default 12 = 660 steps on MNIST-5k)")
-    ap.add_argument("--supernet-min-steps", type=int, default=600,
-                    help="budgets part: PlanRequest.supernet_min_steps (0 with --supernet-epochs 4 = the "
-                         "220-step supernet of the figures before session 13)")
+    ap.add_argument("--supernet-min-steps", type=int, default=None,
+                    help="budgets part: PlanRequest.supernet_min_steps (default: the planner's; 0 with "
+                         "--supernet-epochs 4 = the 220-step supernet of the figures before session 13)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="budgets part: fine-tuning epochs per plan")
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")

@@ -14,13 +14,13 @@ from fitplan.errors import ConfigError
 from fitplan.search_spaces import create_space
 from fitplan.search_spaces.compression import apply_compression
 from fitplan.search_spaces.training import (
+    TrainSettings,
     evaluate,
     evaluate_metrics,
     finetune,
     latest_checkpoint,
     load_weights,
     recalibrate_bn,
-    TrainSettings,
     sandwich_configs,
     save_weights,
     train_supernet,
