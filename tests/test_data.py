@@ -45,6 +45,29 @@ def test_splits_deterministic(mnist):
     assert torch.equal(v[0], mnist.x("val")[:16])
 
 
+def test_mnist5k_rot_is_the_same_digits_rotated(mnist):
+    """mnist5k-rot: the mnist5k images and labels, each rotated by its own angle, the same on every load."""
+    import fitplan.data as data
+
+    x0, y0 = data.DATASETS.get("mnist5k")()
+    x, y = data.DATASETS.get("mnist5k-rot")()
+    assert x.shape == x0.shape and x.dtype == np.float32 and np.array_equal(y, y0)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert np.array_equal(x, data.DATASETS.get("mnist5k-rot")()[0])  # fixed generation seed
+    # rotation about the centre keeps the ink (up to bilinear blur and corners cut off) but moves it
+    ink0, ink = x0.sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3))
+    assert np.median(ink / ink0) == pytest.approx(1.0, abs=0.1)
+    moved = np.abs(x - x0).sum(axis=(1, 2, 3)) / ink0
+    assert np.median(moved) > 0.5
+    # angles cover the circle: the centre of mass of the ink turns around the image centre
+    c = np.arange(28) - 13.5
+    com = lambda im: np.arctan2((im.sum(axis=(1, 3)) * c).sum(1), (im.sum(axis=(1, 2)) * c).sum(1))
+    turn = np.angle(np.exp(1j * (com(x) - com(x0))))
+    assert np.histogram(turn, bins=4, range=(-np.pi, np.pi))[0].min() > 0.15 * len(x)
+    splits = data.load_dataset("mnist5k-rot")
+    assert splits.info.sizes == mnist.info.sizes and torch.equal(splits.y("test"), mnist.y("test"))
+
+
 def test_digits():
     d = load_dataset("digits", val_fraction=0.2, test_fraction=0.2)
     assert d.info.image_size == (8, 8) and d.info.num_classes == 10
@@ -54,7 +77,7 @@ def test_digits():
 def test_unknown_and_bad_args():
     with pytest.raises(UnknownNameError, match="mnist5k"):
         load_dataset("mnist")
-    assert {"mnist5k", "digits"} <= set(dataset_names())
+    assert {"mnist5k", "mnist5k-rot", "digits"} <= set(dataset_names())
     with pytest.raises(ConfigError, match="val_fraction"):
         load_dataset("digits", val_fraction=1.5)
     with pytest.raises(ConfigError, match="split"):

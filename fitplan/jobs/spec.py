@@ -32,7 +32,7 @@ from fitplan.jsonio import check_finite
 SPEC_VERSION = 1
 
 #: Built-in dataset names accepted by ``data`` (anything else must be an existing ImageFolder directory).
-BUILTIN_DATASETS = ("mnist5k", "digits")
+BUILTIN_DATASETS = ("mnist5k", "mnist5k-rot", "digits")
 #: Samplers the planner understands (multi-objective capable).
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BUDGET_LIMITS = ("latency_ms", "memory_mb", "size_mb", "energy_mj", "max_accuracy_drop")

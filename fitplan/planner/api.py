@@ -46,7 +46,7 @@ class PlanRequest:
             (``supernet.safetensors`` + ``supernet.safetensors.json`` as written by ``prepare``).
         device: profile name, :class:`HardwareProfile`, or ``"local"`` (= ``local-cpu-1t``, measured).
         budget: :class:`Budget` or its dict.
-        data: dataset name (``mnist5k``, ``digits``), ImageFolder path, a ``DataSplits``, or ``None``.
+        data: dataset name (``mnist5k``, ``mnist5k-rot``, ``digits``), ImageFolder path, a ``DataSplits``, or ``None``.
         out_dir: where caches, checkpoints and artifacts go.
         space_options: constructor options of the space (``width_mult``, ``resolutions``...).
         seed: seeds samplers, evolution, data order.

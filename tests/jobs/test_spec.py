@@ -38,6 +38,15 @@ def test_imagefolder_path_resolved(tmp_path: Path) -> None:
     assert spec.data == str((tmp_path / "imgs").resolve())
 
 
+def test_builtin_datasets_are_the_registered_ones(tmp_path: Path) -> None:
+    """The spec keeps its own list (parsing a spec does not import torch); it must name every dataset."""
+    from fitplan.data import dataset_names
+    from fitplan.jobs.spec import BUILTIN_DATASETS
+
+    assert sorted(BUILTIN_DATASETS) == sorted(dataset_names())
+    assert parse_spec({**GOOD, "data": "mnist5k-rot"}, base_dir=tmp_path).data == "mnist5k-rot"
+
+
 @pytest.mark.parametrize("patch, field, allowed_hint", [
     ({"nmae": "x"}, "nmae", "'name'"),
     ({"budget": {"latency": 2}}, "budget.latency", "'latency_ms'"),
