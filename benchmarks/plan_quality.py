@@ -273,7 +273,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
                 # right, so the paired difference carries less fine-tuning noise
                 per_seed_u = [tuned_correct(ucfg, s, c.out_dir / f"uniform_ckpt_{config_key(ucfg)}_s{s}")
                               for s in ft_seeds]
-                per_seed_p += [tuned_correct(p.config, s, c.out_dir / f"plan_ckpt_s{s}") for s in ft_seeds[1:]]
+                per_seed_p += [tuned_correct(p.config, s, c.out_dir / f"plan_ckpt_{config_key(p.config)}_s{s}") for s in ft_seeds[1:]]
             right_p = np.mean(per_seed_p, axis=0)
             right_u = np.mean(per_seed_u, axis=0)
             diff = right_p - right_u
