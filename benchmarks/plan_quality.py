@@ -19,8 +19,8 @@ exported, fine-tuned ONNX file <= budget (x / 5), measured test
 accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
 resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
 measured latency; if every uniform config is slower than the plan, as an int8 plan can be, the fastest one,
-marked ``*``), fine-tuned as the planner fine-tunes the plan (same teacher, epochs, batch size, seed). The planner itself also verifies the largest uniform configs
-predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
+marked ``*``), fine-tuned as the planner fine-tunes the plan (same teacher, epochs, batch size, seed). The
+planner itself also verifies the largest uniform configs predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
 the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
 searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
 reported with its *paired* standard error (per-image correct/incorrect differences), which is smaller than
@@ -217,6 +217,8 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
         uni_lat[json.dumps(cfg, sort_keys=True)] = measure_latency(space, cfg, prof, supernet=ctx.supernet,
                                                                    rule=rule)["value"]
     raw_calib = calibration_batches(ctx.data, n_batches=4, seed=seed)  # as the planner's (same request seed)
+    teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
+                                                  for b in raw_calib])  # eval only: shared by every baseline
     ft_seeds = [seed + i for i in range(max(1, finetune_seeds))]
 
     def tuned_correct(cfg: dict, ft_seed: int, ckpt: Path) -> np.ndarray:
@@ -228,8 +230,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
                  epochs=train["finetune_epochs"], checkpoint_dir=ckpt, seed=ft_seed,
                  max_steps=train.get("max_train_steps"), device="cpu")
         return correct_per_image(m, ctx.data.loader("test", batch_size=256), shape)
-    teacher = build_teacher(space, ctx.supernet, [resize_for_shape(b, space.input_shape(space.largest()))
-                                                  for b in raw_calib])  # eval only: shared by every baseline
+
     rows = []
     for f in fractions:
         budget = low + f * (full - low)
@@ -273,7 +274,8 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
                 # right, so the paired difference carries less fine-tuning noise
                 per_seed_u = [tuned_correct(ucfg, s, c.out_dir / f"uniform_ckpt_{config_key(ucfg)}_s{s}")
                               for s in ft_seeds]
-                per_seed_p += [tuned_correct(p.config, s, c.out_dir / f"plan_ckpt_{config_key(p.config)}_s{s}") for s in ft_seeds[1:]]
+                per_seed_p += [tuned_correct(p.config, s, c.out_dir / f"plan_ckpt_{config_key(p.config)}_s{s}")
+                               for s in ft_seeds[1:]]
             right_p = np.mean(per_seed_p, axis=0)
             right_u = np.mean(per_seed_u, axis=0)
             diff = right_p - right_u
@@ -305,7 +307,8 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
 def print_budgets(res: dict) -> None:
     rows = res["rows"]
     met = sum(1 for r in rows if r.get("met"))
-    print(f"\n## Budgets on this CPU (ofa_mbv3 small, {res.get('data', 'mnist5k')}): subnets {res['smallest_ms']:.3f} .. "
+    print(f"\n## Budgets on this CPU (ofa_mbv3 small, {res.get('data', 'mnist5k')}): subnets "
+          f"{res['smallest_ms']:.3f} .. "
           f"{res['full_ms']:.3f} ms measured; budget met (measured) {met}/{len(rows)}")
     print(f"latency: {res['latency_by'][:160]}\naccuracy: {res['accuracy_by'][:160]}")
     k = max([r.get("finetune_seeds", 1) for r in rows] or [1])

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--energy-mj", type=float, help="energy per batch budget (mJ; needs profile energy data)")
     p.add_argument("--max-accuracy-drop", type=float, help="allowed predicted accuracy drop (fraction)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size the budget refers to (default 1)")
-    p.add_argument("--data", help="dataset name (mnist5k, mnist5k-rot, digits) or ImageFolder path for training/fine-tuning")
+    p.add_argument("--data", help="dataset name (mnist5k, mnist5k-rot, digits) or ImageFolder path for "
+                                  "training/fine-tuning")
     p.add_argument("--trials", type=int, default=2000, help="predictor-guided trials (default 2000)")
     p.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe, gp, random")
     p.add_argument("--engine", default="auto", help="auto, optuna or evolve")
