@@ -12,22 +12,22 @@ Part ``search`` (predictors only, seconds):
 
 Part ``budgets`` (real training + measurement, minutes): the small ofa_mbv3 variant on MNIST-5k (``--data``:
 or its rotated variant ``mnist5k-rot``, where top-1 is far from the ~0.97 every subnet reaches on MNIST-5k, so
-what a plan's choices cost or buy is not hidden by saturation), supernet
-trained once; for 5 latency budgets (fractions of the largest subnet's measured latency) the planner picks,
-verifies, fine-tunes and exports a subnet; reported: measured latency of the verified candidate and of the
-exported, fine-tuned ONNX file <= budget (x / 5), measured test
-accuracy, and a *uniform* baseline from the same supernet (all blocks the same kernel / expand / depth /
-resolution, every such config measured: the slowest uniform config whose measured latency is <= the plan's
-measured latency; if every uniform config is slower than the plan, as an int8 plan can be, the fastest one,
-marked ``*``), fine-tuned as the planner fine-tunes the plan (same teacher, epochs, batch size, seed). The
-planner itself also verifies the largest uniform configs predicted to fit (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races
-the best few in short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a
-searched or a uniform config. Plan and baseline are scored on the same test images, so their difference is
-reported with its *paired* standard error (per-image correct/incorrect differences), which is smaller than
-that of two independent accuracies when the two models get mostly the same images right. When the baseline
-is the plan's own network (the planner chose that uniform config), the plan's model is the baseline: a
-second fine-tune of one network would only measure training noise. The summary counts each distinct
-(plan, baseline) pair of networks once (neighbouring budgets often pick the same plan and baseline).
+what a plan's choices cost or buy is not hidden by saturation), supernet trained once; for 5 latency budgets
+(fractions of the largest subnet's measured latency) the planner picks, verifies, fine-tunes and exports a
+subnet; reported: measured latency of the verified candidate and of the exported, fine-tuned ONNX file <=
+budget (x / 5), measured test accuracy, and a *uniform* baseline from the same supernet (all blocks the same
+kernel / expand / depth / resolution, every such config measured: the slowest uniform config whose measured
+latency is <= the plan's measured latency; if every uniform config is slower than the plan, as an int8 plan
+can be, the fastest one, marked ``*``), fine-tuned as the planner fine-tunes the plan (same teacher, epochs,
+batch size, seed). The planner itself also verifies the largest uniform configs predicted to fit
+(``uniform_candidates``), ranks verified candidates by measured validation top-1 and races the best few in
+short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a searched or a uniform
+config. Plan and baseline are scored on the same test images, so their difference is reported with its
+*paired* standard error (per-image correct/incorrect differences), which is smaller than that of two
+independent accuracies when the two models get mostly the same images right. When the baseline is the plan's
+own network (the planner chose that uniform config), the plan's model is the baseline: a second fine-tune of
+one network would only measure training noise. The summary counts each distinct (plan, baseline) pair of
+networks once (neighbouring budgets often pick the same plan and baseline).
 ``--finetune-seeds K`` fine-tunes both networks of each distinct pair K times (seeds S .. S+K-1; the plan's
 own model is the first) and compares, per test image, the share of the K fine-tunes that get it right: the
 paired difference then measures the networks more than one fine-tune's luck.
@@ -330,7 +330,6 @@ def print_budgets(res: dict) -> None:
         n_test = res.get("test_images", 1000)
         per = ", ".join(f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}"
                         + (" (same network)" if r.get("same_network") else "") for r in paired)
-        k = max(r.get("finetune_seeds", 1) for r in paired)
         seeds = f", mean of {k} fine-tunes per network" if k > 1 else ""
         print(f"plan - uniform accuracy on the same {n_test} test images (± paired SE{seeds}): {per}")
         if any(r.get("uniform_slower") for r in paired):

@@ -61,7 +61,10 @@ def test_mnist5k_rot_is_the_same_digits_rotated(mnist):
     assert np.median(moved) > 0.5
     # angles cover the circle: the centre of mass of the ink turns around the image centre
     c = np.arange(28) - 13.5
-    com = lambda im: np.arctan2((im.sum(axis=(1, 3)) * c).sum(1), (im.sum(axis=(1, 2)) * c).sum(1))
+
+    def com(im: np.ndarray) -> np.ndarray:  # angle of each image's ink centre of mass about the image centre
+        return np.arctan2((im.sum(axis=(1, 3)) * c).sum(1), (im.sum(axis=(1, 2)) * c).sum(1))
+
     turn = np.angle(np.exp(1j * (com(x) - com(x0))))
     assert np.histogram(turn, bins=4, range=(-np.pi, np.pi))[0].min() > 0.15 * len(x)
     splits = data.load_dataset("mnist5k-rot")

@@ -130,9 +130,8 @@ class PlanRequest:
         SAMPLERS.get(self.sampler)
         if self.engine not in ENGINES:
             raise ConfigError("engine", f"invalid value {self.engine!r}", ENGINES)
-        for name in ("n_trials", "top_k", "uniform_candidates", "race_candidates", "supernet_epochs", "supernet_min_steps",
-                     "finetune_epochs",
-                     "population", "train_batch_size", "deliver_attempts"):
+        for name in ("n_trials", "top_k", "uniform_candidates", "race_candidates", "supernet_epochs",
+                     "supernet_min_steps", "finetune_epochs", "population", "train_batch_size", "deliver_attempts"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
