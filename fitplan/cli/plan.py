@@ -29,13 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto", help="auto, optuna or evolve")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5, help="candidates verified on the real runtime (local)")
-    p.add_argument("--uniform-candidates", type=int, default=2,
-                   help="uniformly scaled architectures verified beside the searched candidates (default 2; 0 = off)")
+    p.add_argument("--uniform-candidates", type=int, default=3,
+                   help="uniformly scaled architectures verified beside the searched candidates (default 3; 0 = off)")
     p.add_argument("--no-validate-candidates", dest="validate_candidates", action="store_false",
                    help="rank verified candidates by predicted accuracy only (default: by measured validation top-1)")
-    p.add_argument("--race-candidates", type=int, default=3,
+    p.add_argument("--race-candidates", type=int, default=5,
                    help="with --data: candidates fine-tuned briefly and compared on validation cross-entropy before "
-                        "the full fine-tune (default 3; 0 or 1 = off)")
+                        "the full fine-tune (default 5; 0 or 1 = off)")
     p.add_argument("--race-fraction", type=float, default=0.3,
                    help="share of the full fine-tune each raced candidate gets (default 0.3)")
     p.add_argument("--race-tolerance", type=float, default=1.0,

@@ -421,6 +421,29 @@ def test_fine_tune_race_keeps_the_lowest_val_cross_entropy_and_resumes_its_check
     assert left == [_finetune_dir(tmp_path, p.config).name]
 
 
+def test_uniform_candidates_are_picked_and_recorded_by_validation(tmp_path, fake_latency, monkeypatch):
+    """With data, uniform candidates are picked by validation (:func:`_pick_uniform`), and the validation
+    they were picked on is the one recorded: each network is evaluated once, the candidate ranking reuses it."""
+    import fitplan.planner.api as api
+
+    evaluated: list[str] = []
+    scorer_metrics = api._ValidationScorer.metrics
+
+    def spy(self, e):
+        if not self.done(e):
+            evaluated.append(json.dumps(e["config"], sort_keys=True))
+        return scorer_metrics(self, e)
+
+    monkeypatch.setattr(api._ValidationScorer, "metrics", spy)
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, data="digits", max_train_steps=4,
+                                 race_candidates=0, uniform_candidates=2)
+    p = finish(ctx, study)
+    uni = [e for e in p.pareto if e.get("source") == "uniform"]
+    assert uni and all("val_accuracy" in e["measured"] for e in uni)
+    assert len(evaluated) == len(set(evaluated))  # nothing validated twice
+    assert any("best on validation among those using most of the budget first" in n for n in p.notes)
+
+
 def test_race_lowest_cross_entropy_wins_without_tolerance(tmp_path, fake_latency, monkeypatch):
     ctx, study, calls = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, data="digits", max_train_steps=4,
                                      race_candidates=3, race_fraction=0.5, race_tolerance=0.0)
@@ -517,3 +540,29 @@ def test_race_order_mixes_best_uniform_and_slowest():
     assert order == ["a", "u1", "c", "b", "u2"]
     assert [x["name"] for x in _race_order(ranked, 1)] == ["a", "b", "u1", "c", "u2"]
     assert [x["name"] for x in _race_order(ranked[:2], 3)] == ["a", "b"]
+    assert [x["name"] for x in _race_order(ranked, 4)] == ["a", "u1", "c", "u2", "b"]
+    assert [x["name"] for x in _race_order(ranked[:3], 5)] == ["a", "u1", "b"]  # one uniform, b the slowest left
+
+
+def test_pick_uniform_takes_the_best_validated_config_that_uses_the_budget():
+    """With a validation scorer the next uniform config is the best on validation among those predicted at
+    UNIFORM_TIER x accept or more (only those are scored); without one, or when none is that large, the
+    largest predicted."""
+    from fitplan.planner.api import UNIFORM_TIER, _pick_uniform
+
+    def e(name, ms):
+        return {"name": name, "predicted": {"latency_ms": ms}}
+
+    val = {"big": 0.70, "mid": 0.78, "small": 0.95}
+    scored = []
+
+    def score(entries):
+        scored.extend(x["name"] for x in entries)
+        return [(val[x["name"]], 0.0) for x in entries]
+
+    accept = 1.0
+    left = [(e("big", 0.98), 0.98), (e("mid", 0.9), 0.9), (e("small", UNIFORM_TIER - 0.1), UNIFORM_TIER - 0.1)]
+    assert _pick_uniform(left, accept, score)["name"] == "mid"
+    assert sorted(scored) == ["big", "mid"]  # the small one is not validated at all
+    assert _pick_uniform(left, accept, None)["name"] == "big"
+    assert _pick_uniform(left[2:], accept, score)["name"] == "small"  # nothing in the tier: the largest
