@@ -793,7 +793,7 @@ UNIFORM_TIER = 0.75
 
 
 def _pick_uniform(left: list[tuple[dict[str, Any], float]], accept: float,
-                  score: "_ValidationScorer | None") -> dict[str, Any]:
+                  score: Callable[[list[dict[str, Any]]], list[tuple[float, float]]] | None) -> dict[str, Any]:
     """The uniform config to measure next, from ``(entry, corrected predicted ms)`` pairs predicted to fit.
 
     With a validation scorer: of those predicted at ``UNIFORM_TIER`` x ``accept`` or more, the best on the
@@ -848,7 +848,7 @@ class _ValidationScorer:
         todo = [e for e in entries if not self.done(e)]  # a tier can hold dozens of configs: a progress bar
         for e in tqdm(todo, desc="validate uniform configs", leave=False, disable=self.ctx.request.quick):
             self.metrics(e)
-        return [(self.metrics(e)["accuracy"], -self.metrics(e)["nll"]) for e in entries]
+        return [(r["accuracy"], -r["nll"]) for r in map(self.metrics, entries)]
 
     def record(self, e: dict[str, Any]) -> None:
         r = self.metrics(e)
@@ -867,8 +867,9 @@ def _validation_scorer(ctx: PlanContext, calib_for: Callable[[Any], Any] | None)
 def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
                         notes: list[str]) -> list[dict[str, Any]]:
     """Measure every verified candidate on the validation split as it would be materialised (extracted from
-    the supernet, BN recalibrated, compressed; before fine-tuning) and order them by measured top-1, then
-    cross-entropy, then measured latency. Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
+    the supernet, BN recalibrated, compressed; before fine-tuning; uniform candidates already carry it from
+    :func:`_pick_uniform`) and order them by measured top-1, then cross-entropy, then measured latency.
+    Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
     from tqdm.auto import tqdm
 
     score = _ValidationScorer(ctx, calib_for)
