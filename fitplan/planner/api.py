@@ -64,8 +64,8 @@ class PlanRequest:
             predictor fitted to such measurements (``benchmarks/accuracy_predictor.py --n-check``).
         race_candidates: with data and fine-tuning, ``race_candidates`` candidates (the best by validation,
             the best two uniformly scaled, the slowest, then by validation; exported latency within the
-            budget: :func:`_race_order`) are each fine-tuned for ``race_fraction`` of the
-            full fine-tune and the one with the lowest validation cross-entropy wins; its run continues from
+            budget: :func:`_race_order`) are each fine-tuned for ``race_fraction`` of the full fine-tune
+            and the one with the lowest validation cross-entropy wins; its run continues from
             that checkpoint (the same LR schedule), so the winner's race steps are not lost. Why: accuracy of
             weight-shared subnets before fine-tuning misjudges accuracy after it (uniform configs measured
             0.87-0.92 on val before and 0.93-0.955 on test after a 1-epoch fine-tune on MNIST-5k). 0 or 1 = off.
@@ -549,15 +549,17 @@ def _finish_once(ctx: PlanContext, study: Any) -> Plan:
             ranked = _reverify_tightened(ctx, entries, notes, first_error)
         else:
             ranked = _refine_with_measurements(ctx, entries, ranked, notes)
-        ranked = _add_uniform(ctx, entries, ranked, notes, calib_for=calib_for if raw_calib is not None else None)
-        if req.validate_candidates and raw_calib is not None:
-            ranked = _rank_by_validation(ctx, ranked, calib_for, notes)
+        # one scorer for the whole choice: each network is evaluated on the validation split at most once
+        score = _ValidationScorer(ctx, calib_for) if req.validate_candidates and raw_calib is not None else None
+        ranked = _add_uniform(ctx, entries, ranked, notes, score=score)
+        if score is not None:
+            ranked = _rank_by_validation(ctx, ranked, score, notes)
         want = _race_size(ctx)
         try:
             gated = _gate_exported(ctx, _race_order(ranked, want), calib_for, notes, want=want)
         except InfeasibleBudgetError as gate_error:
             gated = _gate_with_headroom(ctx, entries + ranked, calib_for, notes, gate_error, want=want)
-        gated = _uniform_after_gate(ctx, entries, ranked, gated, calib_for, notes, want)
+        gated = _uniform_after_gate(ctx, entries, ranked, gated, calib_for, notes, want, score)
         chosen = _race_finetune(ctx, gated, calib_for, teacher, notes) if len(gated) > 1 else gated[0]
     elif verify:
         chosen = entries[0]
@@ -723,14 +725,14 @@ def _measure_candidate(ctx: PlanContext, e: dict[str, Any]) -> dict[str, Any]:
 
 def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
                  notes: list[str], *, n: int | None = None, cap: float = np.inf,
-                 calib_for: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:
+                 score: _ValidationScorer | None = None) -> list[dict[str, Any]]:
     """Verify uniformly scaled architectures predicted to fit (``n`` of them, default ``uniform_candidates``,
     within the budget at most, ``n + 3`` measurements at most; the prediction corrected by everything
     measured so far, :func:`_latency_correction`, only configs predicted below ``cap`` ms, and after a miss
     only configs predicted smaller by the factor it missed by) and merge those that pass with ``ranked``.
     Configs already in ``entries`` are skipped. They are tagged ``"source": "uniform"`` and kept in the
-    plan's candidate list. Which config is measured next: see :func:`_pick_uniform` (with ``calib_for``
-    and data, the best on validation among those that use most of the budget; else the largest)."""
+    plan's candidate list. Which config is measured next: see :func:`_pick_uniform` (with a validation
+    ``score``, the best on validation among those that use most of the budget; else the largest)."""
     n = ctx.request.uniform_candidates if n is None else n
     if n <= 0:
         return ranked
@@ -749,7 +751,6 @@ def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[d
     pool = [_entry(problem, c, metrics, i, None) for i, c in enumerate(cfgs)]
     pool = [e for e in pool if _feasible_predicted(problem, {**e["predicted"], "latency_ms": 0.0})]
     accept = _accept_ms(ctx)
-    score = _validation_scorer(ctx, calib_for)
     tried: list[dict[str, Any]] = []
     passed: list[dict[str, Any]] = []
     # cap: predicted latency below which the next pick must lie, lowered by every miss
@@ -856,26 +857,16 @@ class _ValidationScorer:
         e["measured"]["val_nll"] = {"value": r["nll"], "method": self.how + " (mean cross-entropy)"}
 
 
-def _validation_scorer(ctx: PlanContext, calib_for: Callable[[Any], Any] | None) -> _ValidationScorer | None:
-    """A :class:`_ValidationScorer` when candidates are validated (data, ``validate_candidates``, calibration
-    batches), else ``None``."""
-    if calib_for is None or ctx.data is None or not ctx.request.validate_candidates:
-        return None
-    return _ValidationScorer(ctx, calib_for)
-
-
-def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Callable[[Any], Any],
+def _rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], score: _ValidationScorer,
                         notes: list[str]) -> list[dict[str, Any]]:
     """Measure every verified candidate on the validation split as it would be materialised (extracted from
-    the supernet, BN recalibrated, compressed; before fine-tuning; uniform candidates already carry it from
-    :func:`_pick_uniform`) and order them by measured top-1, then cross-entropy, then measured latency.
+    the supernet, BN recalibrated, compressed; before fine-tuning; ``score`` evaluates each network once, so
+    uniform candidates validated by :func:`_pick_uniform` are not evaluated again) and order them by measured top-1, then cross-entropy, then measured latency.
     Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
     from tqdm.auto import tqdm
 
-    score = _ValidationScorer(ctx, calib_for)
     for e in tqdm(ranked, desc="validate candidates", leave=False, disable=ctx.request.quick):
-        if "val_accuracy" not in e["measured"]:  # uniform candidates were validated when picked
-            score.record(e)
+        score.record(e)
     out = sorted(ranked, key=lambda e: (-e["measured"]["val_accuracy"]["value"], e["measured"]["val_nll"]["value"],
                                         e["measured"]["latency_ms"]["value"]))
     if out and out[0] is not ranked[0]:
@@ -931,7 +922,7 @@ def _gate_exported(ctx: PlanContext, ranked: list[dict[str, Any]], calib_for: Ca
 
 def _uniform_after_gate(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
                         gated: list[dict[str, Any]], calib_for: Callable[[Any], Any], notes: list[str],
-                        want: int) -> list[dict[str, Any]]:
+                        want: int, score: _ValidationScorer | None = None) -> list[dict[str, Any]]:
     """When the race would run without a uniformly scaled network because every one that reached the export
     gate timed over it, verify and gate the next smaller uniform config (predicted smaller than each such
     miss by the factor its exported file missed by) and give it the race's last place.
@@ -949,7 +940,7 @@ def _uniform_after_gate(ctx: PlanContext, entries: list[dict[str, Any]], ranked:
         return gated
     cap = min(e["predicted"]["latency_ms"] * accept / e["measured"]["latency_ms_exported_gate"]["value"]
               for e in missed)
-    for e in _add_uniform(ctx, entries, [], notes, n=1, cap=cap, calib_for=calib_for):
+    for e in _add_uniform(ctx, entries, [], notes, n=1, cap=cap, score=score):
         try:
             passed = _gate_exported(ctx, [e], calib_for, notes, want=1)
         except InfeasibleBudgetError:
