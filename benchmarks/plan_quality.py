@@ -19,10 +19,12 @@ budget (x / 5), measured test accuracy, and a *uniform* baseline from the same s
 kernel / expand / depth / resolution, every such config measured: the slowest uniform config whose latency
 is <= the plan's, both timed in one session -- the plan's delivered ONNX file and the uniform configs near its
 latency re-timed in shuffled rounds, see ``UniformBaselines``; if every uniform config is slower than the
-plan, as an int8 plan can be, the fastest one, marked ``*``), fine-tuned as the planner fine-tunes the plan
-(same teacher, epochs, batch size, seed). ``--repair RUN`` pairs an earlier run's plans again this way
-without planning again (runs before session 16 paired the plan's latency measured while planning with the
-uniform configs' latencies measured before it, up to an hour apart). The planner itself also verifies the largest uniform configs predicted to fit
+plan, as an int8 plan can be, the fastest one, marked ``*``; and, second, the slowest uniform config within
+the budget less the planner's margin), fine-tuned as the planner fine-tunes the plan (same teacher, epochs,
+batch size, seed). ``--repair RUN`` pairs an earlier run's plans again this way without planning again
+(runs before session 16 paired the plan's latency measured while planning with the uniform configs'
+latencies measured before it, up to an hour apart). The planner itself also verifies the largest uniform
+configs predicted to fit
 (``uniform_candidates``), ranks verified candidates by measured validation top-1 and races the best few in
 short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a searched or a uniform
 config. Plan and baseline are scored on the same test images, so their difference is reported with its
@@ -183,6 +185,16 @@ def print_search(res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- budgets part
+def up_front_rule(quick: bool) -> dict:
+    """Stopping rule of the budgets part's one-off timings (largest / smallest subnet, every uniform config)."""
+    return {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
+
+
+def short_config(cfg: dict) -> dict:
+    """``{ks, e, d, r}`` of a uniform config (each list's one value)."""
+    return {k: cfg[k][0] if isinstance(cfg[k], list) else cfg[k] for k in ("ks", "e", "d", "r")}
+
+
 class UniformBaselines:
     """The uniform baseline of each plan, from the same supernet, fine-tuned as the planner fine-tunes the plan.
 
@@ -191,11 +203,12 @@ class UniformBaselines:
     the uniform configs whose up-front latency lies between ``WINDOW[0]`` x the plan's and ``WINDOW[1]`` x
     the larger of the plan's and the budget are re-timed ``ROUNDS`` times in shuffled order, and the medians
     are compared (:meth:`compare`: the slowest uniform config not slower than the plan, and the slowest one
-    within the budget). Why: on a shared VM the ratio to the reference model (:mod:`fitplan.hw_profiles.reference`) removes
-    machine-wide drift, but not all of it for every graph; seen: the plan's network (depth 4, kernel 5, expand
-    3) timed 0.395 ms during planning and 0.33 ms an hour later, while the uniform config it was paired with
-    timed 0.392 ms both times, so the baseline had 18 % more latency than the plan. Latencies are compared
-    as ratios in one run (:mod:`fitplan.hw_profiles.measure`)."""
+    within the budget). Why: on a shared VM the ratio to the reference model
+    (:mod:`fitplan.hw_profiles.reference`) removes machine-wide drift, but not all of it for every graph;
+    seen: the plan's network (depth 4, kernel 5, expand 3) timed 0.395 ms during planning and 0.33 ms an
+    hour later, while the uniform config it was paired with timed 0.392 ms both times, so the baseline had
+    18 % more latency than the plan. Latencies are compared as ratios in one run
+    (:mod:`fitplan.hw_profiles.measure`)."""
 
     WINDOW = (0.85, 1.2)
     ROUNDS = 3
@@ -207,7 +220,7 @@ class UniformBaselines:
 
         self.ctx, self.base, self.train, self.seed = ctx, base, train, seed
         self.space, self.work = ctx.space, work
-        self.rule = {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
+        self.rule = up_front_rule(quick)
         self.session_rule = {"max_seconds": 0.3, "warmup_s": 0.05, "min_repeats": 10} if quick else \
             {"max_seconds": 1.0}
         self.latency = {}  # up-front latency of every uniform config, by its JSON
@@ -316,12 +329,12 @@ class UniformBaselines:
                               for s in self.ft_seeds]
                 while len(plan_seeds) < len(self.ft_seeds):
                     s = self.ft_seeds[len(plan_seeds)]
-                    plan_seeds.append(self.tuned_correct(plan_cfg, s, plan_dir / f"plan_ckpt_{config_key(plan_cfg)}_s{s}"))
+                    ckpt = plan_dir / f"plan_ckpt_{config_key(plan_cfg)}_s{s}"
+                    plan_seeds.append(self.tuned_correct(plan_cfg, s, ckpt))
                 per_seed_p = plan_seeds
             right_p, right_u = np.mean(per_seed_p, axis=0), np.mean(per_seed_u, axis=0)
             diff = right_p - right_u
-            return {"uniform_config": {k2: ucfg[k2][0] if isinstance(ucfg[k2], list) else ucfg[k2]
-                                       for k2 in ("ks", "e", "d", "r")},
+            return {"uniform_config": short_config(ucfg),
                     "uniform_latency_ms": v,
                     "uniform_latency_up_front_ms": self.latency[k],
                     "uniform_slower": not cands,
@@ -341,8 +354,7 @@ class UniformBaselines:
 
     def latencies(self) -> list[dict]:
         """The up-front latency of every uniform config (for later analysis)."""
-        return [{**{k2: json.loads(k)[k2][0] if isinstance(json.loads(k)[k2], list) else json.loads(k)[k2]
-                    for k2 in ("ks", "e", "d", "r")}, "ms": v} for k, v in self.latency.items()]
+        return [{**short_config(json.loads(k)), "ms": v} for k, v in self.latency.items()]
 
 
 def _space_options(quick: bool) -> dict:
@@ -387,7 +399,7 @@ def budgets_part(quick: bool, out: Path, supernet_epochs: int = 12, finetune_epo
     base, train, ctx = _budgets_setup(quick, out, supernet_epochs, finetune_epochs, race, seed, supernet_min_steps,
                                       data)
     prof, space = ctx.profile, ctx.space
-    rule = {"max_seconds": 0.5} if quick else {"max_seconds": 2.0}
+    rule = up_front_rule(quick)
     full = measure_latency(space, space.largest(), prof, supernet=ctx.supernet, rule=rule)["value"]
     low = measure_latency(space, space.smallest(), prof, supernet=ctx.supernet, rule=rule)["value"]
     # 5 budgets spread over the measured range [smallest subnet, largest subnet]
@@ -437,7 +449,7 @@ PAIR_FIELDS = ("uniform_config", "uniform_latency_ms", "uniform_slower", "same_n
                "paired_diff", "paired_se")
 
 
-def repair_part(run: Path, out: Path, seed: int, data: str, finetune_seeds: int, supernet_epochs: int,
+def repair_part(run: Path, seed: int, data: str, finetune_seeds: int, supernet_epochs: int,
                 finetune_epochs: int, supernet_min_steps: int | None) -> dict:
     """Pair the plans of an earlier budgets run (``run/budgets/f*``) with their uniform baselines again, under
     :class:`UniformBaselines`' same-session timing; the plans themselves are not searched or fine-tuned again
@@ -553,7 +565,8 @@ def summarize(paths: list[str]) -> None:
             paired = distinct_pairs([r for r in rows if prefix + "paired_diff" in r], prefix)
             pooled += paired
             print(f"| {path} | {sum(1 for r in rows if r.get('met'))}/{len(rows)} | {len(paired)} | "
-                  + ", ".join(f"{r[prefix + 'paired_diff']:+.3f}±{r[prefix + 'paired_se']:.3f}" for r in paired) + " |")
+                  + ", ".join(f"{r[prefix + 'paired_diff']:+.3f}±{r[prefix + 'paired_se']:.3f}" for r in paired)
+                  + " |")
         if not pooled:
             continue
         print(f"pooled: {len(pooled)} pairs ({sum(1 for r in pooled if r.get(prefix + 'same_network'))} the same "
@@ -608,7 +621,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.repair:
-        results["budgets"] = repair_part(Path(args.repair), out, args.seed, args.data, args.finetune_seeds,
+        results["budgets"] = repair_part(Path(args.repair), args.seed, args.data, args.finetune_seeds,
                                          args.supernet_epochs, args.finetune_epochs, args.supernet_min_steps)
         print_budgets(results["budgets"])
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
