@@ -13,10 +13,11 @@ network each rule would have continued, against "lowest validation cross-entropy
 * ``slowest``: always the candidate with the most measured latency;
 * ``top-1``: the highest validation top-1 (then cross-entropy);
 * ``final K``: a two-round race (not what the planner does): the winner under the planner's default
-  ``race_tolerance`` (1, as ``tolerance 1``) and the next lowest race cross-entropies, ``K`` in all, finish
-  the fine-tune, and the lowest validation cross-entropy after it wins. Checked because a single race can leave networks 3 points of test top-1 apart within its noise; on
-  35 races of mnist5k-rot runs it gained +0.05 points of test top-1 over ``tolerance 1`` (K = 2; better in
-  2 races, worse in 1; K = 3: +0.09) for ``K - 1`` more fine-tunes per plan, so the planner keeps one round;
+  ``race_tolerance`` (1, as ``tolerance 1``) and the next lowest race cross-entropies, ``K`` in all, finish the
+  fine-tune, and the lowest validation cross-entropy after it wins. Checked because a single race can leave
+  networks 3 points of test top-1 apart within its noise; on 35 races of mnist5k-rot runs it gained +0.05 points
+  of test top-1 over ``tolerance 1`` (K = 2; better in 2 races, worse in 1; K = 3: +0.09) for ``K - 1`` more
+  fine-tunes per plan, so the planner keeps one round;
 * ``best``: the one that turned out most accurate on test (an upper bound no rule can reach).
 
     python benchmarks/race_rules.py RUN_DIR [RUN_DIR ...]   # the --out dirs of plan_quality runs
