@@ -102,13 +102,15 @@ def rules() -> dict:
                               "race_val_nll": {"value": float(np.mean(v["val_nll"]))},
                               "race_val_accuracy": {"value": v["val_accuracy"]}}} for v in c]
 
-    out = {f"tolerance {t:g}": (lambda c, t=t: c[_race_winner(entries(c), [np.asarray(v["val_nll"]) for v in c], t)[0]])
-           for t in TOLERANCES}
+    def winner(c, t):  # the planner's decision (_race_winner) with tolerance t
+        return c[_race_winner(entries(c), [np.asarray(v["val_nll"]) for v in c], t)[0]]
+
+    out = {f"tolerance {t:g}": (lambda c, t=t: winner(c, t)) for t in TOLERANCES}
     out["slowest"] = lambda c: max(c, key=lambda v: v["latency_ms"])
     out["top-1"] = lambda c: max(c, key=lambda v: (v["val_accuracy"], -float(np.mean(v["val_nll"]))))
 
     def final(c, k):  # the planner's race winner and the next lowest race cross-entropies finish; lowest CE wins
-        win = c[_race_winner(entries(c), [np.asarray(v["val_nll"]) for v in c], PlanRequest.race_tolerance)[0]]
+        win = winner(c, PlanRequest.race_tolerance)
         rest = sorted((v for v in c if v is not win), key=lambda v: float(np.mean(v["val_nll"])))
         return min([win, *rest][:k], key=lambda v: (float(np.mean(v["final_val_nll"])), -v["final_val_accuracy"],
                                                      v["latency_ms"]))
