@@ -54,6 +54,31 @@ def test_every_dimension_is_a_param_and_decode_round_trips(tiny_problem):
         assert prob.decode_params(params) == cfg
 
 
+def test_spread_genotypes_cover_the_cost_range():
+    from _spaces import analytic_latency
+
+    from fitplan.planner.metrics import Evaluator
+    from fitplan.planner.predict import CapacityProxy
+    from fitplan.planner.search import SearchProblem
+    from fitplan.search_spaces import create_space
+
+    space = create_space("fbnet")  # 22 genes of 9 ops: random genotypes stay in the middle of the range
+    prob = SearchProblem(space, Evaluator(space, analytic_latency(space), CapacityProxy(space).predict),
+                         Budget(latency_ms=1e9), {})
+    n = 100
+    spread = prob.spread_genotypes(n, np.random.default_rng(0))
+    sizes = np.asarray([len(g.choices) for g in prob.genes])
+    assert spread.shape == (n, len(prob.genes)) and (spread >= 0).all() and (spread < sizes).all()
+    assert (spread == prob.spread_genotypes(n, np.random.default_rng(0))).all()  # deterministic per seed
+    lat = {k: prob.score(prob.decode_genotypes(g))[0]["latency_ms"]
+           for k, g in (("spread", spread), ("random", prob.random_genotypes(n, np.random.default_rng(0))))}
+    lo, hi = prob.score([space.smallest(), space.largest()])[0]["latency_ms"]
+    # closer to both ends of the latency range than random genotypes, and spread more widely between them
+    assert lat["spread"].min() - lo < 0.5 * (lat["random"].min() - lo)
+    assert hi - lat["spread"].max() < 0.5 * (hi - lat["random"].max())
+    assert lat["spread"].std() > 1.5 * lat["random"].std()
+
+
 def test_restrict_fixes_dimensions(tiny_problem):
     prob = tiny_problem(restrict={"bits": [32], "sparsity": [0.0], "sparsity_pattern": ["unstructured"]})
     assert all(not g.name.startswith(("bits", "sparsity")) for g in prob.genes)
