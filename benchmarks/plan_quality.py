@@ -3,9 +3,10 @@
 Part ``search`` (predictors only, seconds):
   * predicted-front hypervolume of fitplan's searches (vectorised NSGA-II ``evolve``, whose first generation
     is spread from the cheapest to the largest config, ``SearchProblem.spread_genotypes``, with its
-    uniformly-random-init ablation; Optuna NSGA-II ask/tell) vs random search and an OFA-style constrained evolutionary search (Cai et al. 2020:
-    population 100, top 25 % parents, half mutation (p = 0.1 per gene) / half crossover, maximise accuracy
-    s.t. latency <= budget) at equal numbers of predictor evaluations, over seeds. HV is computed on
+    uniformly-random-init ablation; Optuna NSGA-II ask/tell) vs random search and an OFA-style constrained
+    evolutionary search (Cai et al. 2020: population 100, top 25 % parents, half mutation (p = 0.1 per gene)
+    / half crossover, maximise accuracy s.t. latency <= budget) at equal numbers of predictor evaluations,
+    over seeds. HV is computed on
     (accuracy up, latency down) over all *feasible* evaluated configs, reference point (accuracy of the
     smallest subnet - 0.01, latency budget). Spaces/devices: fbnet on pixel3, ofa_mbv3 on 2080ti_1 (shipped
     HELP data), budget = 60 % of the largest subnet's predicted latency. On ofa_mbv3 only ~3 % of random
@@ -132,12 +133,14 @@ def search_part(quick: bool, out: Path) -> dict:
         problem = SearchProblem(ctx.space, ctx.evaluator, Budget(latency_ms=budget), ctx.problem.restrict)
         ref = (-(small["accuracy"] - 0.01), budget)
         rows = {}
-        for name in ("evolve (fitplan)", "evolve, random init", "optuna nsga2 (fitplan)", "random", "ofa-evolution"):
+        methods = ("evolve (fitplan)", "evolve, random init", "optuna nsga2 (fitplan)", "random", "ofa-evolution")
+        for name in methods:
             hvs, secs = [], []
             for seed in seeds:
                 t0 = time.perf_counter()
                 if name.startswith("evolve"):
-                    r = evolve(problem, n, seed=seed, population=50, progress=False, spread=name == "evolve (fitplan)")
+                    r = evolve(problem, n, seed=seed, population=50, progress=False,
+                               spread=name == "evolve (fitplan)")
                     v, c = r.values, r.constraints
                 elif name == "optuna nsga2 (fitplan)":
                     st = create_study(None, "b", problem, "nsga2", seed, population_size=50)

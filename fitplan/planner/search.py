@@ -90,8 +90,9 @@ def make_storage(storage: Any) -> Any:
 
 
 #: share of genes an initial :meth:`SearchProblem.spread_genotypes` genotype takes from the cheapest or
-#: largest config (the rest are random): chosen on ``benchmarks/plan_quality.py --part search`` (fbnet and
-#: ofa_mbv3 hypervolume at 2000 evaluations were within noise for 0.5-1.0, all above random genotypes)
+#: largest config (the rest are random). Ad hoc, at the settings of ``benchmarks/plan_quality.py --part
+#: search``: fbnet and ofa_mbv3 hypervolume at 2000 evaluations were within noise for 0.5-1.0, all above
+#: uniformly random genotypes
 SPREAD_KEEP = 0.7
 
 
