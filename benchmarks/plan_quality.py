@@ -6,12 +6,11 @@ Part ``search`` (predictors only, seconds):
     uniformly-random-init ablation; Optuna NSGA-II ask/tell) vs random search and an OFA-style constrained
     evolutionary search (Cai et al. 2020: population 100, top 25 % parents, half mutation (p = 0.1 per gene)
     / half crossover, maximise accuracy s.t. latency <= budget) at equal numbers of predictor evaluations,
-    over seeds. HV is computed on
-    (accuracy up, latency down) over all *feasible* evaluated configs, reference point (accuracy of the
-    smallest subnet - 0.01, latency budget). Spaces/devices: fbnet on pixel3, ofa_mbv3 on 2080ti_1 (shipped
-    HELP data), budget = 60 % of the largest subnet's predicted latency. On ofa_mbv3 only ~3 % of random
-    configs fit that budget, so OFA's search spends all 2000 evaluations drawing random configs until its
-    first population of 100 feasible ones is full, and its row equals random search.
+    over seeds. HV is computed on (accuracy up, latency down) over all *feasible* evaluated configs, reference
+    point (accuracy of the smallest subnet - 0.01, latency budget). Spaces/devices: fbnet on pixel3, ofa_mbv3
+    on 2080ti_1 (shipped HELP data), budget = 60 % of the largest subnet's predicted latency. On ofa_mbv3
+    only ~3 % of random configs fit that budget, so OFA's search spends all 2000 evaluations drawing random
+    configs until its first population of 100 feasible ones is full, and its row equals random search.
   * throughput: predictor evaluations per second of ``evolve`` for 10 000 trials, and of Optuna ask/tell.
 
 Part ``budgets`` (real training + measurement, minutes): the small ofa_mbv3 variant on MNIST-5k (``--data``:

@@ -172,8 +172,13 @@ class SearchProblem:
     def decode_genotypes(self, geno: np.ndarray) -> list[Config]:
         return [self.decode_params({g.name: g.choices[int(i)] for g, i in zip(self.genes, row)}) for row in geno]
 
-    def genotype_of(self, params: Mapping[str, Any]) -> np.ndarray:
-        return np.asarray([g.choices.index(params[g.name]) for g in self.genes], dtype=np.int64)
+    def genotype_of(self, params: Mapping[str, Any], missing: int | None = None) -> np.ndarray:
+        """Choice indices of ``params``; a gene whose value is absent or not a choice raises (KeyError /
+        ValueError), or gets ``missing`` when one is given."""
+        if missing is None:
+            return np.asarray([g.choices.index(params[g.name]) for g in self.genes], dtype=np.int64)
+        return np.asarray([g.choices.index(params[g.name]) if params.get(g.name) in g.choices else missing
+                           for g in self.genes], dtype=np.int64)
 
     def random_genotypes(self, n: int, rng: np.random.Generator) -> np.ndarray:
         sizes = np.asarray([len(g.choices) for g in self.genes])
@@ -188,12 +193,9 @@ class SearchProblem:
         many independent per-unit costs), so a search started from them reaches the ends of the front, which
         hold much of its hypervolume, only after many generations. Genes whose value in an end config the
         search excludes are drawn at random."""
-        ends = []
-        for cfg in (self.most_compressed(self.space.smallest()) or self.space.smallest(), self.space.largest()):
-            flat = self.space.to_params(self.space.validate(cfg))
-            ends.append(np.asarray([g.choices.index(flat[g.name]) if flat.get(g.name) in g.choices else -1
-                                    for g in self.genes], dtype=np.int64))
-        low, high = ends
+        low, high = (self.genotype_of(self.space.to_params(self.space.validate(cfg)), missing=-1)
+                     for cfg in (self.most_compressed(self.space.smallest()) or self.space.smallest(),
+                                 self.space.largest()))
         share = (np.arange(n) + rng.random(n)) / max(n, 1)
         geno = np.where(rng.random((n, len(self.genes))) < share[:, None], high[None], low[None])
         redraw = (rng.random(geno.shape) >= keep) | (geno < 0)
