@@ -26,11 +26,12 @@ plan, as an int8 plan can be, the fastest one, marked ``*``; and, second, the sl
 the budget less the planner's margin), fine-tuned as the planner fine-tunes the plan (same teacher, epochs,
 batch size, seed). ``--repair RUN`` pairs an earlier run's plans again this way without planning again
 (runs before session 16 paired the plan's latency measured while planning with the uniform configs'
-latencies measured before it, up to an hour apart). The planner itself also verifies the largest uniform
-configs predicted to fit
-(``uniform_candidates``), ranks verified candidates by measured validation top-1 and races the best few in
-short fine-tunes (``race_candidates``), so column "plan from" says whether the plan is a searched or a uniform
-config. Plan and baseline are scored on the same test images, so their difference is reported with its
+latencies measured before it, up to an hour apart). The planner itself also verifies the uniform configs
+best on validation among those predicted to use most of the budget (``uniform_candidates``) and searched
+networks of the largest capacity predicted to use 80-100 % of it (``band_candidates``), ranks verified
+candidates by measured validation top-1 and races the best few in short fine-tunes (``race_candidates``), so
+column "plan from" says whether the plan is a searched network ("search": the predicted front; "band") or a
+uniform config. Plan and baseline are scored on the same test images, so their difference is reported with its
 *paired* standard error (per-image correct/incorrect differences), which is smaller than that of two
 independent accuracies when the two models get mostly the same images right. When the baseline is the plan's
 own network (the planner chose that uniform config), the plan's model is the baseline: a second fine-tune of
@@ -42,7 +43,7 @@ paired difference then measures the networks more than one fine-tune's luck.
 
     python benchmarks/plan_quality.py [--part search|budgets|all] [--quick] [--out DIR]
                                       [--race-candidates K] [--race-fraction F]
-                                      [--race-tolerance T] [--seed S]
+                                      [--race-tolerance T] [--band-candidates K] [--seed S]
                                       [--supernet-epochs E] [--supernet-min-steps N]
                                       [--data mnist5k|mnist5k-rot] [--finetune-seeds K]
     python benchmarks/plan_quality.py --part budgets --repair RUN --out DIR --seed S --data D --finetune-seeds K
@@ -576,7 +577,8 @@ def summarize(paths: list[str]) -> None:
             continue
         print(f"pooled: {len(pooled)} pairs ({sum(1 for r in pooled if r.get(prefix + 'same_network'))} the same "
               f"network): {pair_stats(pooled, prefix)}")
-        for source, kind in (("search", "a searched network"), ("uniform", "a uniform config of another shape")):
+        for source, kind in (("search", "a searched network"), ("band", "a searched network of the band"),
+                             ("uniform", "a uniform config of another shape")):
             sub = [r for r in pooled if r.get("source") == source and not r.get(prefix + "same_network")]
             if sub:
                 print(f"  plan is {kind}: {len(sub)} pairs: {pair_stats(sub, prefix)}")
@@ -603,6 +605,7 @@ def main(argv=None) -> int:
     ap.add_argument("--race-candidates", type=int, default=None, help="budgets part: PlanRequest.race_candidates")
     ap.add_argument("--race-fraction", type=float, default=None, help="budgets part: PlanRequest.race_fraction")
     ap.add_argument("--race-tolerance", type=float, default=None, help="budgets part: PlanRequest.race_tolerance")
+    ap.add_argument("--band-candidates", type=int, default=None, help="budgets part: PlanRequest.band_candidates")
     ap.add_argument("--finetune-seeds", type=int, default=1,
                     help="budgets part: fine-tune plan and baseline networks with this many seeds and compare the "
                          "per-image share of fine-tunes that are right (the plan's own model is the first)")
@@ -637,7 +640,8 @@ def main(argv=None) -> int:
         print_search(results["search"])
     if args.part in ("budgets", "all"):
         race = {k: v for k, v in (("race_candidates", args.race_candidates), ("race_fraction", args.race_fraction),
-                                  ("race_tolerance", args.race_tolerance)) if v is not None}
+                                  ("race_tolerance", args.race_tolerance), ("band_candidates", args.band_candidates))
+                if v is not None}
         results["budgets"] = budgets_part(args.quick, out, args.supernet_epochs, args.finetune_epochs, race, args.seed,
                                           args.supernet_min_steps, args.data, args.finetune_seeds)
         print_budgets(results["budgets"])

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates verified on the real runtime (local)")
     p.add_argument("--uniform-candidates", type=int, default=3,
                    help="uniformly scaled architectures verified beside the searched candidates (default 3; 0 = off)")
+    p.add_argument("--band-candidates", type=int, default=2,
+                   help="with data: searched networks of the largest capacity using 80-100%% of the budget, "
+                        "verified beside the other candidates (default 2; 0 = off)")
     p.add_argument("--no-validate-candidates", dest="validate_candidates", action="store_false",
                    help="rank verified candidates by predicted accuracy only (default: by measured validation top-1)")
     p.add_argument("--race-candidates", type=int, default=5,
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     budget["batch_size"] = args.batch_size
     options = dict(out_dir=args.out, n_trials=args.trials, sampler=args.sampler, engine=args.engine, seed=args.seed,
                    top_k=args.top_k, uniform_candidates=args.uniform_candidates,
+                   band_candidates=args.band_candidates,
                    validate_candidates=args.validate_candidates, race_candidates=args.race_candidates,
                    race_fraction=args.race_fraction,
                    race_tolerance=args.race_tolerance, latency_margin=args.latency_margin,

@@ -58,12 +58,16 @@ class PlanRequest:
             fit; with data the best on validation among those using most of the budget, else the largest)
             verified beside the searched ones, so that the plan is compared with the plain scaled-down model
             on measured numbers (0 = off).
+        band_candidates: with data, searched networks of the largest capacity (MACs) whose latency, corrected
+            per precision class by the measurements so far, uses 80-100 % of the budget, the best of them on
+            validation, verified beside the others (:func:`_add_band`; 0 = off). Why: the accuracy predictor
+            learns from subnets before fine-tuning, so its front often ends far below the budget.
         validate_candidates: with data, rank the verified candidates by their measured top-1 (then
             cross-entropy) on the validation split, weights shared from the supernet and BN recalibrated,
             instead of by predicted accuracy alone. A direct measurement ranks subnets better than any
             predictor fitted to such measurements (``benchmarks/accuracy_predictor.py --n-check``).
         race_candidates: with data and fine-tuning, ``race_candidates`` candidates (the best by validation,
-            the best two uniformly scaled, the slowest, then by validation; exported latency within the
+            the best two uniformly scaled, the best band one, the slowest; exported latency within the
             budget: :func:`_race_order`) are each fine-tuned for ``race_fraction`` of the full fine-tune
             and the one with the lowest validation cross-entropy wins; its run continues from
             that checkpoint (the same LR schedule), so the winner's race steps are not lost. Why: accuracy of
@@ -109,6 +113,7 @@ class PlanRequest:
     population: int = 50
     top_k: int = 5
     uniform_candidates: int = 3
+    band_candidates: int = 2
     validate_candidates: bool = True
     race_candidates: int = 5
     race_fraction: float = 0.3
@@ -132,8 +137,9 @@ class PlanRequest:
         SAMPLERS.get(self.sampler)
         if self.engine not in ENGINES:
             raise ConfigError("engine", f"invalid value {self.engine!r}", ENGINES)
-        for name in ("n_trials", "top_k", "uniform_candidates", "race_candidates", "supernet_epochs",
-                     "supernet_min_steps", "finetune_epochs", "population", "train_batch_size", "deliver_attempts"):
+        for name in ("n_trials", "top_k", "uniform_candidates", "band_candidates", "race_candidates",
+                     "supernet_epochs", "supernet_min_steps", "finetune_epochs", "population", "train_batch_size",
+                     "deliver_attempts"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
@@ -553,6 +559,7 @@ def _finish_once(ctx: PlanContext, study: Any) -> Plan:
         score = _ValidationScorer(ctx, calib_for) if req.validate_candidates and raw_calib is not None else None
         ranked = _add_uniform(ctx, entries, ranked, notes, score=score)
         if score is not None:
+            ranked = _add_band(ctx, entries, ranked, notes, score)
             ranked = _rank_by_validation(ctx, ranked, score, notes)
         want = _race_size(ctx)
         try:
@@ -763,20 +770,15 @@ def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[d
         left = [(e, float(v)) for e, v in zip(left, ms) if v <= accept]
         if not left:
             break
-        e = _pick_uniform(left, accept, score)
-        e["source"] = "uniform"
-        tried.append(e)
-        value = _measure_candidate(ctx, e).get("value")
-        if value is not None and value <= accept:
-            passed.append(e)
-            if len(passed) >= n:
-                break
-        elif value is not None:
+        value = _try_candidate(ctx, _pick_uniform(left, accept, score), "uniform", accept, tried, passed)
+        if len(passed) >= n:
+            break
+        if value is not None and value > accept:
             # a miss: the next pick must be predicted smaller by at least the factor it missed by. Why: the
             # correction is a median over every measured candidate (mostly searched ones), so a family that
             # runs slower than predicted moves it little, and the next picks would sit just over the budget
             # too (seen: five uniform configs measured 1-10 % over it, none of the smaller ones tried)
-            cap = min(cap, e["predicted"]["latency_ms"] * accept / value)
+            cap = min(cap, tried[-1]["predicted"]["latency_ms"] * accept / value)
     for e in tried:  # validated while picking: kept, so the ranking does not evaluate them again
         if score is not None and score.done(e):
             score.record(e)
@@ -786,6 +788,18 @@ def _add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[d
     notes.append(f"verify: {len(_measured(tried))} uniformly scaled architecture(s) measured beside the searched "
                  f"candidates{how}, {len(passed)} within the budget")
     return sorted(ranked + passed, key=_rank_key)
+
+
+def _try_candidate(ctx: PlanContext, e: dict[str, Any], source: str, accept: float, tried: list[dict[str, Any]],
+                   passed: list[dict[str, Any]]) -> float | None:
+    """Tag ``e`` with ``source`` and measure it; it joins ``tried``, and ``passed`` when it measured within
+    ``accept`` ms. Returns the measured latency (``None`` when it could not be measured)."""
+    e["source"] = source
+    tried.append(e)
+    value = _measure_candidate(ctx, e).get("value")
+    if value is not None and value <= accept:
+        passed.append(e)
+    return value
 
 
 #: uniform configs whose corrected predicted latency is at least this share of the accepted latency "use
@@ -809,6 +823,127 @@ def _pick_uniform(left: list[tuple[dict[str, Any], float]], accept: float,
             keys = score(tier)
             return tier[max(range(len(tier)), key=lambda i: (*keys[i], tier[i]["predicted"]["latency_ms"]))]
     return max((e for e, _ in left), key=lambda e: e["predicted"]["latency_ms"])
+
+
+#: searched networks whose class-corrected predicted latency is at least this share of the accepted latency
+#: "use most of the budget": :func:`_add_band` picks among them
+BAND_TIER = 0.8
+#: networks of that band validated by :func:`_add_band` before the best are measured
+BAND_POOL = 8
+
+
+def _int8_class(space: Any, configs: list[dict[str, Any]]) -> np.ndarray:
+    """Per config: whether any *active* unit runs below 32 bits (the precision class of its graph)."""
+    from fitplan.planner.metrics import UnitArrays
+
+    if not configs:
+        return np.zeros(0, dtype=bool)
+    ua = UnitArrays.of(space, configs)
+    return ((ua.bits < 32) & (ua.macs > 0)).any(axis=1)
+
+
+def _class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callable[[Any], np.ndarray]:
+    """``configs -> predicted latency`` corrected per precision class (:func:`_int8_class`): by
+    :func:`_latency_correction` fitted on the measured candidates of the config's class when it has at least
+    two, else on all of them.
+
+    Why per class: the local model prices each unit by its bit-width, but how far int8 units of a mixed graph
+    run from their price drifts with the machine's int8 speed, while fp32 graphs track the fp32 reference
+    (docs/DEVELOPING.md: mixed 8/32-bit networks measured 1.3-1.4x faster than predicted where fp32 uniform
+    configs measured 1.05-1.2x slower); one correction for both would misplace one of them."""
+    from fitplan.planner.metrics import METRICS, UnitArrays
+
+    cls = _int8_class(ctx.space, [e["config"] for e in measured])
+    pooled = _latency_correction(measured)
+    fits = {k: (_latency_correction([e for e, c in zip(measured, cls) if c == k])
+                if int((cls == k).sum()) >= 2 else pooled) for k in (False, True)}
+    latency = METRICS.get("latency_ms")
+
+    def corrected(configs: Any) -> np.ndarray:
+        configs = list(configs)
+        ms = np.asarray(latency(ctx.evaluator, configs, UnitArrays.of(ctx.space, configs)), dtype=np.float64)
+        k = _int8_class(ctx.space, configs)
+        out = ms.copy()
+        for key, (a, b) in fits.items():
+            out[k == key] = _corrected(ms[k == key], a, b)
+        return out
+
+    return corrected
+
+
+def _capacity_front(ctx: PlanContext, corrected: Callable[[Any], np.ndarray], seed: int) -> list[dict[str, Any]]:
+    """Configs of the largest capacity (total MACs) for their corrected latency within the accepted latency:
+    the front of a vectorised NSGA-II on (log MACs up, ``corrected`` latency down), unscored."""
+    from dataclasses import replace
+
+    from fitplan.planner.metrics import UnitArrays
+    from fitplan.planner.search import archive_front, evolve
+
+    def capacity(configs: Any) -> np.ndarray:
+        return np.log(np.maximum(UnitArrays.of(ctx.space, list(configs)).macs.sum(axis=1), 1.0))
+
+    ev = replace(ctx.evaluator, latency_predict=corrected, accuracy_predict=capacity, latency_models_compression=True)
+    prob = SearchProblem(ctx.space, ev, replace(ctx.budget, latency_ms=_accept_ms(ctx)), ctx.problem.restrict)
+    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
+    idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
+    return prob.decode_genotypes(res.genotypes[idx])
+
+
+def _add_band(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]], notes: list[str],
+              score: _ValidationScorer) -> list[dict[str, Any]]:
+    """Verify searched networks that use most of the budget (``band_candidates`` of them, ``n + 2``
+    measurements at most) and merge those that pass with ``ranked``, tagged ``"source": "band"``.
+
+    The band: configs of the largest capacity for their latency (:func:`_capacity_front`) whose latency,
+    predicted and corrected per precision class by everything measured so far (:func:`_class_corrected`),
+    lies in [``BAND_TIER``, 1] x the accepted latency. ``BAND_POOL`` distinct networks spread over that
+    range are evaluated on the validation split (as materialised, before fine-tuning) and measured best
+    first.
+
+    Why: the accuracy predictor learns from subnets before fine-tuning (holdout Kendall tau ~0.1 on
+    plan_quality's mnist5k-rot runs), so the predicted front often ends at about half the budget and only the
+    uniform candidates use the rest; capacity ranks where the predictor cannot, and the validation split
+    ranks networks of about equal latency well (Spearman 0.86 with test top-1 after fine-tuning among
+    uniform configs, docs/DEVELOPING.md)."""
+    n = ctx.request.band_candidates
+    if n <= 0:
+        return ranked
+    accept = _accept_ms(ctx)
+    measured = _measured(entries)
+    corrected = _class_corrected(ctx, measured)
+    cfgs = _capacity_front(ctx, corrected, ctx.request.seed + 23)
+    known = {ctx.space.network_key(e["config"]) for e in entries}
+    ms = corrected(cfgs) if cfgs else np.zeros(0)
+    band: dict[str, tuple[dict[str, Any], float]] = {}
+    for c, v in sorted(zip(cfgs, ms), key=lambda t: t[1]):
+        key = ctx.space.network_key(c)
+        if BAND_TIER * accept <= v <= accept and key not in known:
+            band.setdefault(key, (c, float(v)))
+    if not band:
+        notes.append(f"band: no searched network of the largest capacity predicted at {BAND_TIER:.0%}-100 % of "
+                     "the accepted latency that is not a candidate already")
+        return ranked
+    pool_cfgs = list(band.values())
+    if len(pool_cfgs) > BAND_POOL:  # spread over the band's latency range
+        pick = np.unique(np.linspace(0, len(pool_cfgs) - 1, BAND_POOL).round().astype(int))
+        pool_cfgs = [pool_cfgs[i] for i in pick]
+    metrics, _, _ = ctx.problem.score([c for c, _ in pool_cfgs])
+    pool = [_entry(ctx.problem, c, metrics, i, None) for i, (c, _) in enumerate(pool_cfgs)]
+    keys = score(pool)
+    order = sorted(range(len(pool)), key=lambda i: (keys[i][0], keys[i][1]), reverse=True)
+    passed, tried = [], []
+    for i in order[: n + 2]:
+        _try_candidate(ctx, pool[i], "band", accept, tried, passed)
+        if len(passed) >= n:
+            break
+    for e in tried:
+        score.record(e)
+    entries.extend(_measured(tried))
+    entries.sort(key=_predicted_key)
+    notes.append(f"band: {len(band)} searched network(s) of the largest capacity predicted at {BAND_TIER:.0%}-100 % "
+                 f"of the accepted latency (corrected per precision class); {len(pool)} validated, "
+                 f"{len(_measured(tried))} measured best on validation first, {len(passed)} within the budget")
+    return sorted(ranked + passed, key=_rank_key)
 
 
 class _ValidationScorer:
@@ -847,7 +982,7 @@ class _ValidationScorer:
         from tqdm.auto import tqdm
 
         todo = [e for e in entries if not self.done(e)]  # a tier can hold dozens of configs: a progress bar
-        for e in tqdm(todo, desc="validate uniform configs", leave=False, disable=self.ctx.request.quick):
+        for e in tqdm(todo, desc="validate configs (before fine-tuning)", leave=False, disable=self.ctx.request.quick):
             self.metrics(e)
         return [(r["accuracy"], -r["nll"]) for r in map(self.metrics, entries)]
 
@@ -1011,8 +1146,9 @@ def _distinct_networks(space: Any, entries: list[dict[str, Any]]) -> list[dict[s
 
 def _race_order(ranked: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """``ranked`` reordered so that its first ``n`` differ in kind: the best ranked candidate, the best
-    uniformly scaled one, the slowest measured one (the most capacity the budget allows), the second best
-    uniformly scaled one, then the rest in rank order. Why: the ranking before fine-tuning favours what the
+    uniformly scaled one, the best of the band (:func:`_add_band`: a searched network using most of the
+    budget), the slowest measured one (the most capacity the budget allows), the second best uniformly
+    scaled one, then the rest in rank order. Why: the ranking before fine-tuning favours what the
     weight-shared supernet does well (often small subnets), so a race among its top ``n`` alone would
     rarely try a larger or a plain scaled-down network, whose accuracy after fine-tuning it misjudges most."""
     if n <= 1 or len(ranked) <= 1:
@@ -1022,13 +1158,13 @@ def _race_order(ranked: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     def rest() -> list[dict[str, Any]]:
         return [e for e in ranked if all(e is not p for p in picks)]
 
-    def best_uniform() -> list[dict[str, Any]]:
-        return [e for e in rest() if e.get("source") == "uniform"][:1]
+    def best_of(source: str) -> Callable[[], list[dict[str, Any]]]:
+        return lambda: [e for e in rest() if e.get("source") == source][:1]
 
     def slowest() -> list[dict[str, Any]]:
         return [max(rest(), key=lambda e: e["measured"]["latency_ms"]["value"])] if rest() else []
 
-    for pick in (best_uniform, slowest, best_uniform):
+    for pick in (best_of("uniform"), best_of("band"), slowest, best_of("uniform")):
         if len(picks) < n:
             picks += pick()
     return picks + rest()

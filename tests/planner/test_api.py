@@ -542,6 +542,52 @@ def test_race_order_mixes_best_uniform_and_slowest():
     assert [x["name"] for x in _race_order(ranked[:2], 3)] == ["a", "b"]
     assert [x["name"] for x in _race_order(ranked, 4)] == ["a", "u1", "c", "u2", "b"]
     assert [x["name"] for x in _race_order(ranked[:3], 5)] == ["a", "u1", "b"]  # one uniform, b the slowest left
+    # a band candidate (a searched network using most of the budget) races third, before the slowest
+    banded = ranked + [e("n1", 0.25, "band"), e("n2", 0.26, "band")]
+    assert [x["name"] for x in _race_order(banded, 5)][:5] == ["a", "u1", "n1", "c", "u2"]
+
+
+def test_class_corrected_fits_each_precision_class(tiny_problem):
+    """fp32 graphs measured 1.25x their prediction and int8 ones 0.7x: each class is corrected by its own
+    fit (a pooled median would misprice one of them); a class with fewer than two measurements uses the
+    pooled fit."""
+    from types import SimpleNamespace
+
+    from fitplan.planner.api import _class_corrected, _corrected, _int8_class, _latency_correction
+
+    problem = tiny_problem()
+    space, ev = problem.space, problem.evaluator
+    rng = np.random.default_rng(0)
+    cfgs = problem.decode_genotypes(problem.random_genotypes(40, rng))
+    fp32 = [space.validate({**c, "bits": [32] * len(c["bits"])}) for c in cfgs[:20]]
+    int8 = [space.validate({**c, "bits": [8] * len(c["bits"])}) for c in cfgs[20:]]
+    assert not _int8_class(space, fp32).any() and _int8_class(space, int8).all()
+    pred = ev.evaluate(fp32 + int8)["latency_ms"]
+    factor = np.r_[np.full(20, 1.25), np.full(20, 0.7)]
+    measured = [{"config": c, "predicted": {"latency_ms": float(p)},
+                 "measured": {"latency_ms": {"value": float(p * f)}}} for c, p, f in zip(fp32 + int8, pred, factor)]
+    ctx = SimpleNamespace(space=space, evaluator=ev)
+    assert np.allclose(_class_corrected(ctx, measured)(fp32 + int8), pred * factor)
+    only_one_int8 = measured[:20] + measured[20:21]
+    pooled = _class_corrected(ctx, only_one_int8)(int8[1:2])
+    assert np.allclose(pooled, _corrected(pred[21:22], *_latency_correction(only_one_int8)))
+    assert pooled[0] > pred[21]  # mostly fp32 measurements: priced slow, not at the int8 class's 0.7x
+
+
+def test_band_candidates_use_most_of_the_budget_and_race(tmp_path, fake_latency, monkeypatch):
+    """With data, searched networks of the largest capacity predicted to use 80-100 % of the accepted latency
+    are validated, measured best first, recorded (``source`` "band") and raced."""
+    from fitplan.planner.api import BAND_TIER
+
+    ctx, study, _ = _local_stage(tmp_path, monkeypatch, lambda i: 0.01, data="digits", max_train_steps=4,
+                                 race_candidates=4, race_fraction=0.5, band_candidates=1)
+    p = finish(ctx, study)
+    band = [e for e in p.pareto if e.get("source") == "band"]
+    accept = 0.06 * (1 - ctx.request.latency_margin)
+    assert band and all("val_accuracy" in e["measured"] for e in band), p.notes
+    assert any(BAND_TIER * accept * 0.9 <= e["measured"]["latency_ms"]["value"] <= accept for e in band)
+    assert any("race_val_nll" in e["measured"] for e in band)
+    assert any(n.startswith("band: ") and "1 within the budget" in n for n in p.notes)
 
 
 def test_pick_uniform_takes_the_best_validated_config_that_uses_the_budget():
