@@ -849,8 +849,9 @@ def _class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callab
 
     Why per class: the local model prices each unit by its bit-width, but how far int8 units of a mixed graph
     run from their price drifts with the machine's int8 speed, while fp32 graphs track the fp32 reference
-    (docs/DEVELOPING.md: mixed 8/32-bit networks measured 1.3-1.4x faster than predicted where fp32 uniform
-    configs measured 1.05-1.2x slower); one correction for both would misplace one of them."""
+    (docs/DEVELOPING.md: with a calibration from an earlier session, mixed 8/32-bit networks measured 1.3-1.4x
+    faster than predicted where fp32 uniform configs measured 1.05-1.2x slower); one correction for both would
+    misplace one of them."""
     from fitplan.planner.metrics import METRICS, UnitArrays
 
     cls = _int8_class(ctx.space, [e["config"] for e in measured])
@@ -900,7 +901,7 @@ def _add_band(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict
     range are evaluated on the validation split (as materialised, before fine-tuning) and measured best
     first.
 
-    Why: the accuracy predictor learns from subnets before fine-tuning (holdout Kendall tau ~0.1 on
+    Why: the accuracy predictor learns from subnets before fine-tuning (holdout Kendall tau 0.09-0.29 on
     plan_quality's mnist5k-rot runs), so the predicted front often ends at about half the budget and only the
     uniform candidates use the rest; capacity ranks where the predictor cannot, and the validation split
     ranks networks of about equal latency well (Spearman 0.86 with test top-1 after fine-tuning among
