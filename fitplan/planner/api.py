@@ -832,13 +832,14 @@ BAND_TIER = 0.8
 BAND_POOL = 8
 
 
-def _int8_class(space: Any, configs: list[dict[str, Any]]) -> np.ndarray:
-    """Per config: whether any *active* unit runs below 32 bits (the precision class of its graph)."""
+def _int8_class(space: Any, configs: list[dict[str, Any]], ua: Any = None) -> np.ndarray:
+    """Per config: whether any *active* unit runs below 32 bits (the precision class of its graph).
+    ``ua``: the configs' :class:`~fitplan.planner.metrics.UnitArrays` when the caller has them already."""
     from fitplan.planner.metrics import UnitArrays
 
     if not configs:
         return np.zeros(0, dtype=bool)
-    ua = UnitArrays.of(space, configs)
+    ua = UnitArrays.of(space, configs) if ua is None else ua
     return ((ua.bits < 32) & (ua.macs > 0)).any(axis=1)
 
 
@@ -862,8 +863,9 @@ def _class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callab
 
     def corrected(configs: Any) -> np.ndarray:
         configs = list(configs)
-        ms = np.asarray(latency(ctx.evaluator, configs, UnitArrays.of(ctx.space, configs)), dtype=np.float64)
-        k = _int8_class(ctx.space, configs)
+        ua = UnitArrays.of(ctx.space, configs)  # once per batch: the search calls this on every generation
+        ms = np.asarray(latency(ctx.evaluator, configs, ua), dtype=np.float64)
+        k = _int8_class(ctx.space, configs, ua)
         out = ms.copy()
         for key, (a, b) in fits.items():
             out[k == key] = _corrected(ms[k == key], a, b)
