@@ -8,7 +8,7 @@ keeps the per-image validation cross-entropy, finishes the fine-tune from the ra
 planner does, and scores it on the test split. It then prints, per decision rule, the mean test top-1 of the
 network each rule would have continued, against "lowest validation cross-entropy":
 
-* ``tolerance T``: :func:`fitplan.planner.api._race_winner` (the slowest candidate within ``T`` paired
+* ``tolerance T``: :func:`fitplan.planner.race.race_winner` (the slowest candidate within ``T`` paired
   standard errors of the lowest cross-entropy; ``T = 0`` is the lowest cross-entropy itself);
 * ``slowest``: always the candidate with the most measured latency;
 * ``top-1``: the highest validation top-1 (then cross-entropy);
@@ -46,7 +46,8 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
         if all("final_val_nll" in v for v in cached.values()):  # caches from before the final rule lack it
             return cached
     from fitplan.data import calibration_batches, resize_for_shape
-    from fitplan.planner.api import PlanRequest, _race_steps, _train_loader, prepare
+    from fitplan.planner.api import PlanRequest, prepare
+    from fitplan.planner.race import race_steps, train_loader
     from fitplan.planner.materialize import build_model, build_teacher
     from fitplan.search_spaces.training import evaluate_metrics, finetune
 
@@ -63,8 +64,8 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
         return [resize_for_shape(b, space.input_shape(cfg)) for b in raw]
 
     teacher = build_teacher(space, supernet, calib(space.largest()))
-    train = _train_loader(ctx)
-    steps, _ = _race_steps(req, len(train))
+    train = train_loader(ctx)
+    steps, _ = race_steps(req, len(train))
     val, test = ctx.data.loader("val", batch_size=256), ctx.data.loader("test", batch_size=256)
     out: dict = {}
     for plan_file in sorted(glob.glob(str(run / "budgets" / "f*" / "plan.json"))):
@@ -95,15 +96,16 @@ def replay_run(run: Path, race_fraction: float, finetune_epochs: int) -> dict:
 
 
 def rules() -> dict:
-    from fitplan.planner.api import PlanRequest, _race_winner
+    from fitplan.planner.api import PlanRequest
+    from fitplan.planner.race import race_winner
 
     def entries(c):
         return [{"measured": {"latency_ms": {"value": v["latency_ms"]},
                               "race_val_nll": {"value": float(np.mean(v["val_nll"]))},
                               "race_val_accuracy": {"value": v["val_accuracy"]}}} for v in c]
 
-    def winner(c, t):  # the planner's decision (_race_winner) with tolerance t
-        return c[_race_winner(entries(c), [np.asarray(v["val_nll"]) for v in c], t)[0]]
+    def winner(c, t):  # the planner's decision (race_winner) with tolerance t
+        return c[race_winner(entries(c), [np.asarray(v["val_nll"]) for v in c], t)[0]]
 
     out = {f"tolerance {t:g}": (lambda c, t=t: winner(c, t)) for t in TOLERANCES}
     out["slowest"] = lambda c: max(c, key=lambda v: v["latency_ms"])
