@@ -47,11 +47,11 @@ def add_band(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[
     """Verify searched networks that use most of the budget (``band_candidates`` of them, ``n + 2``
     measurements at most) and merge those that pass with ``ranked``, tagged ``"source": "band"``.
 
-    The band: configs of the largest capacity for their latency (:func:`capacity_front`) whose latency,
-    predicted and corrected per precision class by everything measured so far (:func:`class_corrected`),
-    lies in [``BAND_TIER``, 1] x the accepted latency. ``BAND_POOL`` distinct networks spread over that
-    range are evaluated on the validation split (as materialised, before fine-tuning) and measured best
-    first.
+    The band: configs of the largest capacity for their latency (:func:`capacity_front`) whose latency, predicted
+    and corrected per precision class by everything measured so far
+    (:func:`~fitplan.planner.correction.class_corrected`), lies in [``BAND_TIER``, 1] x the accepted latency.
+    ``BAND_POOL`` distinct networks spread over that range are evaluated on the validation split (as materialised,
+    before fine-tuning) and measured best first.
 
     Why: the accuracy predictor learns from subnets before fine-tuning (holdout Kendall tau 0.09-0.29 on
     plan_quality's mnist5k-rot runs), so the predicted front often ends at about half the budget and only the

@@ -69,13 +69,13 @@ def measure_candidate(ctx: PlanContext, e: dict[str, Any]) -> dict[str, Any]:
 def add_uniform(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]],
                  notes: list[str], *, n: int | None = None, cap: float = np.inf,
                  score: ValidationScorer | None = None) -> list[dict[str, Any]]:
-    """Verify uniformly scaled architectures predicted to fit (``n`` of them, default ``uniform_candidates``,
-    within the budget at most, ``n + 3`` measurements at most; the prediction corrected by everything
-    measured so far, :func:`latency_correction`, only configs predicted below ``cap`` ms, and after a miss
-    only configs predicted smaller by the factor it missed by) and merge those that pass with ``ranked``.
-    Configs already in ``entries`` are skipped. They are tagged ``"source": "uniform"`` and kept in the
-    plan's candidate list. Which config is measured next: see :func:`pick_uniform` (with a validation
-    ``score``, the best on validation among those that use most of the budget; else the largest)."""
+    """Verify uniformly scaled architectures predicted to fit (``n`` of them, default ``uniform_candidates``, within
+    the budget at most, ``n + 3`` measurements at most; the prediction corrected by everything measured so far,
+    :func:`~fitplan.planner.correction.latency_correction`, only configs predicted below ``cap`` ms, and after a
+    miss only configs predicted smaller by the factor it missed by) and merge those that pass with ``ranked``.
+    Configs already in ``entries`` are skipped. They are tagged ``"source": "uniform"`` and kept in the plan's
+    candidate list. Which config is measured next: see :func:`pick_uniform` (with a validation ``score``, the best
+    on validation among those that use most of the budget; else the largest)."""
     n = ctx.request.uniform_candidates if n is None else n
     if n <= 0:
         return ranked
@@ -209,10 +209,10 @@ class ValidationScorer:
 
 def rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], score: ValidationScorer,
                         notes: list[str]) -> list[dict[str, Any]]:
-    """Measure every verified candidate on the validation split as it would be materialised (extracted from
-    the supernet, BN recalibrated, compressed; before fine-tuning; ``score`` evaluates each network once, so
-    uniform candidates validated by :func:`pick_uniform` are not evaluated again) and order them by measured top-1, then cross-entropy, then measured latency.
-    Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
+    """Measure every verified candidate on the validation split as it would be materialised (extracted from the
+    supernet, BN recalibrated, compressed; before fine-tuning; ``score`` evaluates each network once, so uniform
+    candidates validated by :func:`pick_uniform` are not evaluated again) and order them by measured top-1, then
+    cross-entropy, then measured latency. Recorded as ``measured.val_accuracy`` / ``measured.val_nll``."""
     from tqdm.auto import tqdm
 
     for e in tqdm(ranked, desc="validate candidates", leave=False, disable=ctx.request.quick):
@@ -231,10 +231,10 @@ def rank_by_validation(ctx: PlanContext, ranked: list[dict[str, Any]], score: Va
 
 def reverify_tightened(ctx: PlanContext, entries: list[dict[str, Any]], notes: list[str],
                         error: InfeasibleBudgetError, rounds: int = 2) -> list[dict[str, Any]]:
-    """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here:
-    search again with latency corrected by the measurements (:func:`search_corrected`) and verify the new
-    candidates against the true budget; each failed round adds its measurements to the fit. Raises the
-    original error if that fails too."""
+    """When every verified candidate broke the budget on the real runtime, the predictor is optimistic here: search
+    again with latency corrected by the measurements (:func:`~fitplan.planner.correction.search_corrected`) and
+    verify the new candidates against the true budget; each failed round adds its measurements to the fit. Raises
+    the original error if that fails too."""
     limit = ctx.problem.limits["latency_ms"]
     measured = measured_entries(entries)
     for r in range(rounds):
@@ -258,10 +258,10 @@ def refine_with_measurements(ctx: PlanContext, entries: list[dict[str, Any]], ra
                               notes: list[str]) -> list[dict[str, Any]]:
     """Close the loop when verification showed the latency predictor is biased where the budget is.
 
-    If candidates predicted *more accurate* than the best verified one broke the budget on the real
-    runtime, the search spent its effort on a region the device cannot afford, and the region it can
-    afford may be under-explored: search again with corrected latency (:func:`search_corrected`), verify
-    the new candidates that are predicted more accurate than the best verified one, and merge them."""
+    If candidates predicted *more accurate* than the best verified one broke the budget on the real runtime, the
+    search spent its effort on a region the device cannot afford, and the region it can afford may be
+    under-explored: search again with corrected latency (:func:`~fitplan.planner.correction.search_corrected`),
+    verify the new candidates that are predicted more accurate than the best verified one, and merge them."""
     accept = accept_ms(ctx)
     measured = measured_entries(entries)
     best = ranked[0]["predicted"]["accuracy"]

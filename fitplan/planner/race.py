@@ -20,12 +20,12 @@ def finetune_dir(out: Path, cfg: Mapping[str, Any]) -> Path:
 
 
 def race_order(ranked: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """``ranked`` reordered so that its first ``n`` differ in kind: the best ranked candidate, the best
-    uniformly scaled one, the best of the band (:func:`add_band`: a searched network using most of the
-    budget), the slowest measured one (the most capacity the budget allows), the second best uniformly
-    scaled one, then the rest in rank order. Why: the ranking before fine-tuning favours what the
-    weight-shared supernet does well (often small subnets), so a race among its top ``n`` alone would
-    rarely try a larger or a plain scaled-down network, whose accuracy after fine-tuning it misjudges most."""
+    """``ranked`` reordered so that its first ``n`` differ in kind: the best ranked candidate, the best uniformly
+    scaled one, the best of the band (:func:`~fitplan.planner.band.add_band`: a searched network using most of the
+    budget), the slowest measured one (the most capacity the budget allows), the second best uniformly scaled one,
+    then the rest in rank order. Why: the ranking before fine-tuning favours what the weight-shared supernet does
+    well (often small subnets), so a race among its top ``n`` alone would rarely try a larger or a plain scaled-down
+    network, whose accuracy after fine-tuning it misjudges most."""
     if n <= 1 or len(ranked) <= 1:
         return list(ranked)
     picks = [ranked[0]]

@@ -13,7 +13,7 @@ from fitplan.planner.metrics import Evaluator
 from fitplan.planner.search import SearchProblem
 
 
-#: device aliases accepted by :func:`plan`
+#: device aliases accepted by :func:`~fitplan.planner.api.plan`
 DEVICE_ALIASES = {"local": "local-cpu-1t"}
 
 
@@ -34,42 +34,43 @@ class PlanRequest:
         space_options: constructor options of the space (``width_mult``, ``resolutions``...).
         seed: seeds samplers, evolution, data order.
         sampler: ``nsga2`` (default), ``tpe``, ``gp``, ``random``.
-        n_trials: trials for :func:`plan` (``run_search`` takes its own count).
+        n_trials: trials for :func:`~fitplan.planner.api.plan` (``run_search`` takes its own count).
         engine: ``auto`` (evolve for >= 2000 trials, else optuna), ``optuna`` or ``evolve``.
         top_k: candidates verified on the real runtime (local devices).
         uniform_candidates: uniformly scaled architectures (:meth:`SearchSpace.uniform_configs` predicted to
             fit; with data the best on validation among those using most of the budget, else the largest)
             verified beside the searched ones, so that the plan is compared with the plain scaled-down model
             on measured numbers (0 = off).
-        band_candidates: with data, searched networks of the largest capacity (MACs) whose latency, corrected
-            per precision class by the measurements so far, uses 80-100 % of the budget, the best of them on
-            validation, verified beside the others (:func:`add_band`; 0 = off). Why: the accuracy predictor
-            learns from subnets before fine-tuning, so its front often ends far below the budget.
+        band_candidates: with data, searched networks of the largest capacity (MACs) whose latency, corrected per
+            precision class by the measurements so far, uses 80-100 % of the budget, the best of them on validation,
+            verified beside the others (:func:`~fitplan.planner.band.add_band`; 0 = off). Why: the accuracy
+            predictor learns from subnets before fine-tuning, so its front often ends far below the budget.
         validate_candidates: with data, rank the verified candidates by their measured top-1 (then
             cross-entropy) on the validation split, weights shared from the supernet and BN recalibrated,
             instead of by predicted accuracy alone. A direct measurement ranks subnets better than any
             predictor fitted to such measurements (``benchmarks/accuracy_predictor.py --n-check``).
         race_candidates: with data and fine-tuning, ``race_candidates`` candidates (the best by validation,
             the best two uniformly scaled, the best band one, the slowest; exported latency within the
-            budget: :func:`race_order`) are each fine-tuned for ``race_fraction`` of the full fine-tune
-            and the one with the lowest validation cross-entropy wins; its run continues from
-            that checkpoint (the same LR schedule), so the winner's race steps are not lost. Why: accuracy of
-            weight-shared subnets before fine-tuning misjudges accuracy after it (uniform configs measured
-            0.87-0.92 on val before and 0.93-0.955 on test after a 1-epoch fine-tune on MNIST-5k). 0 or 1 = off.
+            budget: :func:`~fitplan.planner.race.race_order`) are each fine-tuned for ``race_fraction`` of the full
+            fine-tune and the one with the lowest validation cross-entropy wins; its run continues from that
+            checkpoint (the same LR schedule), so the winner's race steps are not lost. Why: accuracy of
+            weight-shared subnets before fine-tuning misjudges accuracy after it (uniform configs measured 0.87-0.92
+            on val before and 0.93-0.955 on test after a 1-epoch fine-tune on MNIST-5k). 0 or 1 = off.
         race_fraction: share of the full fine-tune (steps) each raced candidate gets, in (0, 1].
         race_tolerance: the race winner is the slowest measured candidate (the most capacity the budget
             allows) whose validation cross-entropy is not worse than the lowest one by more than
             ``race_tolerance`` paired standard errors (per-image differences on the validation split);
             0 = the lowest cross-entropy wins. Why: a short race favours small networks, which adapt
             fastest, while larger ones gain more from the rest of the fine-tune; within the race's noise the
-            larger network is the better bet (see :func:`race_winner`).
+            larger network is the better bet (see :func:`~fitplan.planner.race.race_winner`).
         verify: measure candidates (default: when the device is local).
         latency_margin: headroom kept below a latency budget on the real runtime: a candidate passes
             verification only if measured <= budget x (1 - margin). It must exceed the harness's
             run-to-run spread (a few percent, ``benchmarks/measure_noise.py``) so that re-timing the
             delivered model does not land above the budget.
-        deliver_attempts: candidates :func:`finish` may materialise in one call when a delivered file re-times
-            over the latency budget (each rejected one is recorded in ``chosen.json``), >= 1.
+        deliver_attempts: candidates :func:`~fitplan.planner.api.finish` may materialise in one call when a
+            delivered file re-times over the latency budget (each rejected one is recorded in ``chosen.json``), >=
+            1.
         supernet_epochs / finetune_epochs: training lengths (0 = skip).
         supernet_min_steps: on a small dataset the supernet trains for as many more epochs as reach this many
             optimizer steps (0 = exactly ``supernet_epochs``). Why: a supernet needs steps, not passes over
@@ -165,7 +166,8 @@ class PlanRequest:
 
 @dataclass
 class PlanContext:
-    """What :func:`prepare` resolved; input of :func:`run_search` and :func:`finish`."""
+    """What :func:`~fitplan.planner.api.prepare` resolved; input of :func:`~fitplan.planner.api.run_search` and
+    :func:`~fitplan.planner.api.finish`."""
 
     request: PlanRequest
     budget: Budget
