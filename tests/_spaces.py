@@ -29,6 +29,8 @@ from fitplan.search_spaces.supernet import Supernet
 
 STAGES, MAX_DEPTH, STEM = 2, 2, 8
 TINY_NAME = "planner_tiny"
+#: plan options for fast planner tests on the tiny space (quick timings, a few training steps)
+PLAN_FAST = dict(quick=True, top_k=1, supernet_epochs=1, finetune_epochs=1, max_train_steps=3, accuracy_subnets=6)
 
 
 class ElasticConvSpace(SearchSpace):

@@ -1,8 +1,6 @@
 import pytest
 
-from _spaces import TINY_NAME, analytic_latency, register_tiny
-
-STAGE_FAST = dict(quick=True, top_k=1, supernet_epochs=1, finetune_epochs=1, max_train_steps=3, accuracy_subnets=6)
+from _spaces import PLAN_FAST, TINY_NAME, analytic_latency, register_tiny
 
 register_tiny()  # TinySpace as "planner_tiny", used by name throughout the planner tests
 
@@ -64,7 +62,7 @@ def local_stage(tmp_path, monkeypatch, fake_latency):
         monkeypatch.setattr(api, "_measure_int8_factor", lambda *a, **k: (None, "skipped in test"))
         monkeypatch.setattr(gate, "measure_artifact", fake_artifact)
         req = PlanRequest("planner_tiny", make_fake_profile(local=True), {"latency_ms": 0.06}, out_dir=str(tmp_path),
-                          engine="optuna", **{**STAGE_FAST, "top_k": 3, **kw})
+                          engine="optuna", **{**PLAN_FAST, "top_k": 3, **kw})
         ctx = prepare(req)
         storage = optuna.storages.InMemoryStorage()
         run_search(ctx, storage, "s", 100)

@@ -7,11 +7,9 @@ import optuna
 import pytest
 import torch
 
-from _spaces import make_fake_profile
+from _spaces import PLAN_FAST as FAST, make_fake_profile
 from fitplan.errors import DeliveredOverBudgetError, InfeasibleBudgetError
 from fitplan.planner import Plan, PlanRequest, finish, load_model, plan, prepare, run_search
-
-FAST = dict(quick=True, top_k=1, supernet_epochs=1, finetune_epochs=1, max_train_steps=3, accuracy_subnets=6)
 
 
 def test_plan_non_local_device_no_data(tmp_path, fake_latency):

@@ -4,10 +4,8 @@ import json
 import numpy as np
 import optuna
 
-from _spaces import make_fake_profile
+from _spaces import PLAN_FAST as FAST, make_fake_profile
 from fitplan.planner import PlanRequest, finish, prepare, run_search
-
-FAST = dict(quick=True, top_k=1, supernet_epochs=1, finetune_epochs=1, max_train_steps=3, accuracy_subnets=6)
 
 
 def test_verify_skips_budget_breakers_and_retightens(tmp_path, fake_latency, monkeypatch):
