@@ -36,10 +36,10 @@ class UnknownNameError(FitplanError, KeyError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str]):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.4)
+        close = closest_name(name, self.known)
         text = f"unknown {kind} {name!r}; known: {', '.join(self.known) or '(none)'}"
         if close:
-            text += f". Did you mean {close[0]!r}?"
+            text += f". Did you mean {close!r}?"
         super().__init__(text)
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
@@ -53,6 +53,12 @@ class InfeasibleBudgetError(FitplanError):
 class DeliveredOverBudgetError(InfeasibleBudgetError):
     """The fine-tuned, exported model measured over the latency budget when re-timed: no plan is returned
     for it; its config is recorded as rejected, and finishing again materialises the next candidate."""
+
+
+def closest_name(name: str, known: Iterable[str], cutoff: float = 0.4) -> str | None:
+    """The known name closest to a mistyped ``name`` (for "did you mean" hints), or ``None``."""
+    m = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return m[0] if m else None
 
 
 def format_allowed(values: list[Any], limit: int = 12) -> str:

@@ -8,7 +8,6 @@ the package.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Callable
@@ -92,9 +91,3 @@ def save_profile(profile: HardwareProfile, *, overwrite: bool = True) -> Path:
                                   "choose another name or pass --force")
     profile.save(path)
     return path
-
-
-def closest_profile(name: str) -> str | None:
-    """The closest known profile name (for messages), or ``None``."""
-    m = difflib.get_close_matches(name, list_profiles(), n=1, cutoff=0.4)
-    return m[0] if m else None

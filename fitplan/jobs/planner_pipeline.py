@@ -10,13 +10,12 @@ other pipelines do not pay for torch.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from fitplan.errors import ConfigError
+from fitplan.errors import ConfigError, closest_name
 from fitplan.jobs.stages import PIPELINES, Pipeline, StageContext
 
 
@@ -78,8 +77,8 @@ class PlannerPipeline(Pipeline):
                 raise ConfigError(f"options.{k}", "set by the job spec itself, not under options")
             if fields_ is not None and k not in fields_:
                 allowed = [f for f in fields_ if f not in SPEC_FIELDS]
-                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                close = closest_name(k, allowed, cutoff=0.6)
+                hint = f" (did you mean {close!r}?)" if close else ""
                 raise ConfigError(f"options.{k}", f"not a planner option{hint}", allowed)
         if fields_ is not None and spec.finetune.lr is not None and "finetune_lr" not in fields_:
             raise ConfigError("finetune.lr", "the planner does not take a fine-tuning learning rate; leave "

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from fitplan.planner.candidates import ValidationScorer, try_candidate
-from fitplan.planner.correction import class_corrected
+from fitplan.planner.correction import class_corrected, inner_front
 from fitplan.planner.entries import accept_ms, make_entry, measured_entries, predicted_key, rank_key
-from fitplan.planner.search import SearchProblem
 
 if TYPE_CHECKING:
     from fitplan.planner.request import PlanContext
@@ -30,16 +29,12 @@ def capacity_front(ctx: PlanContext, corrected: Callable[[Any], np.ndarray], see
     from dataclasses import replace
 
     from fitplan.planner.metrics import UnitArrays
-    from fitplan.planner.search import archive_front, evolve
 
     def capacity(configs: Any) -> np.ndarray:
         return np.log(np.maximum(UnitArrays.of(ctx.space, list(configs)).macs.sum(axis=1), 1.0))
 
     ev = replace(ctx.evaluator, latency_predict=corrected, accuracy_predict=capacity, latency_models_compression=True)
-    prob = SearchProblem(ctx.space, ev, replace(ctx.budget, latency_ms=accept_ms(ctx)), ctx.problem.restrict)
-    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
-    idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
-    return prob.decode_genotypes(res.genotypes[idx])
+    return inner_front(ctx, ev, replace(ctx.budget, latency_ms=accept_ms(ctx)), seed)
 
 
 def add_band(ctx: PlanContext, entries: list[dict[str, Any]], ranked: list[dict[str, Any]], notes: list[str],

@@ -82,6 +82,18 @@ def class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callabl
     return corrected
 
 
+def inner_front(ctx: PlanContext, evaluator: Any, budget: Any, seed: int) -> list[dict[str, Any]]:
+    """The feasible front of a vectorised NSGA-II (not written to the study) over the request's space and
+    restrictions, with ``evaluator`` (e.g. latency corrected by measurements) and ``budget``: decoded configs,
+    unscored."""
+    from fitplan.planner.search import archive_front, evolve
+
+    prob = SearchProblem(ctx.space, evaluator, budget, ctx.problem.restrict)
+    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
+    idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
+    return prob.decode_genotypes(res.genotypes[idx])
+
+
 def search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: int,
                       min_accuracy: float = -np.inf) -> tuple[list[dict[str, Any]], str]:
     """Search again with latency predictions corrected by what the real runtime measured.
@@ -93,7 +105,7 @@ def search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: int
     correction. Predicted values in the entries stay the predictor's own."""
     from dataclasses import replace
 
-    from fitplan.planner.search import archive_front, evolve
+    from fitplan.hw_profiles.measure import config_key
 
     a, b = latency_correction(measured)
     raw = ctx.evaluator.latency_predict
@@ -101,13 +113,9 @@ def search_corrected(ctx: PlanContext, measured: list[dict[str, Any]], seed: int
     def corrected(configs: Any) -> np.ndarray:
         return apply_correction(np.asarray(raw(configs), dtype=np.float64), a, b)
 
-    prob = SearchProblem(ctx.space, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, ctx.problem.restrict)
-    res = evolve(prob, 2000 if ctx.request.quick else 5000, seed=seed, progress=False)
-    idx = [i for i in archive_front(res, prob) if (res.constraints[i] <= 0).all()]
-    from fitplan.hw_profiles.measure import config_key
-
     known = {config_key(e["config"]) for e in measured}
-    cfgs = [c for c in prob.decode_genotypes(res.genotypes[idx]) if config_key(c) not in known]
+    cfgs = [c for c in inner_front(ctx, replace(ctx.evaluator, latency_predict=corrected), ctx.budget, seed)
+            if config_key(c) not in known]
     new: list[dict[str, Any]] = []
     if cfgs:
         metrics, _, _ = ctx.problem.score(cfgs)

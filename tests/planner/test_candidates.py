@@ -2,35 +2,15 @@
 import json
 
 import numpy as np
-import optuna
 
-from _spaces import PLAN_FAST as FAST, make_fake_profile
-from fitplan.planner import PlanRequest, finish, prepare, run_search
+from fitplan.planner import finish
 
 
-def test_verify_skips_budget_breakers_and_retightens(tmp_path, fake_latency, monkeypatch):
+def test_verify_skips_budget_breakers_and_retightens(local_stage):
     """Measured latency 2x the prediction: every first candidate breaks the budget on the 'real runtime';
     the planner re-searches with latency corrected by its measurements and returns a measured-feasible plan."""
-    import fitplan.planner.predict as P
-
-    def fake_measure(space, config, profile, **kw):
-        from _spaces import analytic_latency
-
-        v = 2.0 * float(analytic_latency(space)([space.validate(config)])[0])
-        return {"value": v, "status": "ok", "method": "measured: fake runtime (test)"}
-
-    monkeypatch.setattr(P, "measure_latency", fake_measure)
-    req = PlanRequest("planner_tiny", make_fake_profile(local=True), {"latency_ms": 0.06},
-                      out_dir=str(tmp_path), engine="optuna", **FAST)
-    import fitplan.planner.api as api
-    import fitplan.planner.gate as gate
-
-    monkeypatch.setattr(api, "_measure_int8_factor", lambda *a, **k: (None, "skipped in test"))
-    monkeypatch.setattr(gate, "measure_artifact", lambda ctx, path, shape: {"value": 0.0, "method": "test"})
-    ctx = prepare(req)
-    storage = optuna.storages.InMemoryStorage()
-    run_search(ctx, storage, "s", 100)
-    p = finish(ctx, optuna.load_study(study_name="s", storage=storage))
+    ctx, study, _ = local_stage(lambda i: 0.0, bias=lambda cfg: 2.0, top_k=1)
+    p = finish(ctx, study)
     assert p.measured["latency_ms"]["value"] <= 0.06
     assert any("optimistic" in n and "re-predicted" in n for n in p.notes)
     assert p.predicted["latency_ms"] <= 0.03 + 1e-9
