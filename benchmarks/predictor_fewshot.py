@@ -9,12 +9,17 @@ see fitplan/predictors/basis.py), ``ours`` (additive cost-table posterior only, 
 ``analytic`` (the per-unit cost model on the N samples alone, no source device) and ``auto`` -- what
 ``calibrate_predictor`` / ``fitplan calibrate fit`` do by default: ``ours+basis`` or the analytic model
 (with the shipped local source prior where the space has one): the meta model unless the analytic one has
-a lower leave-one-out error on the N samples by more than one standard error. The analytic model wins on
-the phones, whose latency follows MACs more than the source devices say (N=10 random, 5 draws: samsung_a50
-0.881 vs 0.845, samsung_s7 0.742 vs 0.671, essential_ph_1 0.699 vs 0.646), the meta model on GPUs / CPUs.
-Mean Spearman over the 13 fbnet devices, ``auto`` vs ``ours+basis``: N=5 0.895 vs 0.899, N=10 0.911 vs
-0.906, N=20 0.925 vs 0.923, HELP's 10 reference archs 0.917 vs 0.905; ofa_mbv3 within 0.004 of
-``ours+basis`` at every N. (Choosing by the lower CV mean alone: N=5 0.886, N=10 0.913.)
+a lower leave-one-out error on the N samples by more than one standard error, and the
+log-space average of the two (:class:`~fitplan.predictors.ensemble.EnsemblePredictor`) as a third candidate
+by the same rule (:func:`~fitplan.predictors.latency.select_model`); ``fitplan predictor predict`` uses it too.
+The analytic model wins on the phones, whose latency follows MACs more than the source devices say (N=10
+random, 5 draws: samsung_a50 0.881 vs 0.845, samsung_s7 0.742 vs 0.671, essential_ph_1 0.699 vs 0.646), the
+meta model on GPUs / CPUs with a similar source, the average on devices unlike every source. Mean Spearman
+over the 13 fbnet devices, ``auto`` vs ``ours+basis``, N=5 / 10 / 20 / HELP's 10 reference archs: LODO
+0.894 / 0.911 / 0.926 / 0.918 vs 0.899 / 0.906 / 0.923 / 0.905; LOCO 0.803 / 0.854 / 0.875 / 0.842 vs
+0.779 / 0.834 / 0.870 / 0.833 (the average's gain: LOCO N=10 was 0.837 with meta-or-analytic); noise-free
+targets LODO 0.971 / 0.987 / 0.992 / 0.986, LOCO 0.869 / 0.921 / 0.940 / 0.912; ofa_mbv3 LODO 0.895 / 0.902 /
+0.904 / 0.905, within 0.004 of ``ours+basis``.
 Baselines: FLOPs proxy (a + b·MACs on the N samples), nearest source
 device scaled, plain ridge on the N samples. Column ``own-4000``: the device's own additive table fitted on 4000
 of its archs and scored on the other 1000 -- a reference for how noisy its measurements are (phones are

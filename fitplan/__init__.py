@@ -21,8 +21,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Dimension", "SearchSpace", "Supernet", "create_space", "from_timm", "list_spaces",
                      "register_space"], "fitplan.search_spaces"),
     **dict.fromkeys(["HardwareProfile", "get_profile", "list_profiles", "save_profile"], "fitplan.hw_profiles"),
-    **dict.fromkeys(["AdaptedPredictor", "CostModelPredictor", "LatencyPredictor", "calibrate_profile",
-                     "predictor_for_device"], "fitplan.predictors"),
+    **dict.fromkeys(["AdaptedPredictor", "CostModelPredictor", "EnsemblePredictor", "LatencyPredictor",
+                     "calibrate_profile", "predictor_for_device"], "fitplan.predictors"),
     "AccuracyPredictor": "fitplan.predictors.accuracy",
     **dict.fromkeys(["Budget", "Plan", "PlanRequest", "finish", "plan", "prepare", "run_search"],
                     "fitplan.planner"),
@@ -51,8 +51,8 @@ if TYPE_CHECKING:  # static analysers see the eager imports
     from fitplan.hw_profiles import HardwareProfile, get_profile, list_profiles, save_profile  # noqa: F401
     from fitplan.jobs import cancel, result, run_worker, status, submit  # noqa: F401
     from fitplan.planner import Budget, Plan, PlanRequest, finish, plan, prepare, run_search  # noqa: F401
-    from fitplan.predictors import (AdaptedPredictor, CostModelPredictor, LatencyPredictor,  # noqa: F401
-                                    calibrate_profile, predictor_for_device)
+    from fitplan.predictors import (AdaptedPredictor, CostModelPredictor, EnsemblePredictor,  # noqa: F401
+                                    LatencyPredictor, calibrate_profile, predictor_for_device)
     from fitplan.predictors.accuracy import AccuracyPredictor  # noqa: F401
     from fitplan.search_spaces import (Dimension, SearchSpace, Supernet, create_space, from_timm,  # noqa: F401
                                        list_spaces, register_space)

@@ -3,6 +3,8 @@
 ``fitplan predictor predict --space S --calibration CAL.json --archs ARCHS.json --out PRED.json``
 (DESIGN.md contract 2): CAL.json ``{"samples": [{"arch": ..., "latency_ms": ...}]}``, ARCHS.json a list of
 archs, PRED.json a list of predicted milliseconds in the same order. Bad input exits 2 naming the field.
+The predictor is :func:`fitplan.predictors.latency.calibrate_predictor`'s (``--method auto`` by default:
+the model chosen per device from the samples, as ``fitplan calibrate fit`` does).
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--out", required=True, help="PRED.json: list of predicted ms, same order")
     pp.add_argument("--prior", help="meta-trained prior (.safetensors from LatencyPredictor.save); default: "
                                     "the one shipped with fitplan")
+    pp.add_argument("--method", default="auto",
+                    help="auto (default): the meta-learned model, the analytic cost model or their average, "
+                         "chosen by cross-validated error on the samples; meta / analytic: that model alone")
     pp.set_defaults(func=run_predict)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
@@ -39,10 +44,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from fitplan.errors import ConfigError
     from fitplan.jsonio import atomic_write_text
     from fitplan.predictors.features import PREDICTOR_SPACES
-    from fitplan.predictors.latency import LatencyPredictor
+    from fitplan.predictors.latency import CALIBRATION_METHODS, LatencyPredictor, calibrate_predictor, parse_samples
 
     if args.space not in PREDICTOR_SPACES:
         raise ConfigError("--space", f"unsupported space {args.space!r}", PREDICTOR_SPACES)
+    if args.method not in CALIBRATION_METHODS:
+        raise ConfigError("--method", f"unknown calibration method {args.method!r}", CALIBRATION_METHODS)
     cal = _load(args.calibration, "calibration")
     if not isinstance(cal, dict) or "samples" not in cal:
         raise ConfigError("calibration.samples", 'expected {"samples": [{"arch": ..., "latency_ms": ...}, ...]}')
@@ -52,9 +59,12 @@ def run_predict(args: argparse.Namespace) -> int:
     base = LatencyPredictor.load(args.prior) if args.prior else LatencyPredictor.for_space(args.space)
     if base.space != args.space:
         raise ConfigError("--prior", f"prior is for space {base.space!r}, not {args.space!r}")
-    adapted = base.adapt(cal["samples"], device=Path(args.calibration).stem)
+    parse_samples(args.space, cal["samples"])  # the contract's errors: arch format, ms, duplicates, too few
+    adapted = calibrate_predictor(args.space, cal["samples"], device=Path(args.calibration).stem,
+                                  method=args.method, base=base)
     pred = adapted.predict(archs) if archs else []
     atomic_write_text(args.out, json.dumps([float(v) for v in pred]) + "\n")
+    chosen = (adapted.provenance.get("selected_by") or {}).get("chosen", args.method)
     print(f"predicted {len(archs)} archs for {args.space} from {adapted.n_samples} calibration samples "
-          f"-> {args.out} (predicted ms)", file=sys.stderr)
+          f"({chosen} model) -> {args.out} (predicted ms)", file=sys.stderr)
     return 0

@@ -28,10 +28,12 @@ def capacity_front(ctx: PlanContext, corrected: Callable[[Any], np.ndarray], see
     the front of a vectorised NSGA-II on (log MACs up, ``corrected`` latency down), unscored."""
     from dataclasses import replace
 
-    from fitplan.planner.metrics import UnitArrays
+    from fitplan.planner.metrics import UnitArrays, takes_unit_arrays
 
-    def capacity(configs: Any) -> np.ndarray:
-        return np.log(np.maximum(UnitArrays.of(ctx.space, list(configs)).macs.sum(axis=1), 1.0))
+    @takes_unit_arrays
+    def capacity(configs: Any, ua: Any = None) -> np.ndarray:
+        ua = UnitArrays.of(ctx.space, list(configs)) if ua is None else ua
+        return np.log(np.maximum(ua.macs.sum(axis=1), 1.0))
 
     ev = replace(ctx.evaluator, latency_predict=corrected, accuracy_predict=capacity, latency_models_compression=True)
     return inner_front(ctx, ev, replace(ctx.budget, latency_ms=accept_ms(ctx)), seed)

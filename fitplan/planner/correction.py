@@ -61,7 +61,7 @@ def class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callabl
     (docs/DEVELOPING.md: with a calibration from an earlier session, mixed 8/32-bit networks measured 1.3-1.4x
     faster than predicted where fp32 uniform configs measured 1.05-1.2x slower); one correction for both would
     misplace one of them."""
-    from fitplan.planner.metrics import METRICS, UnitArrays
+    from fitplan.planner.metrics import METRICS, UnitArrays, takes_unit_arrays
 
     cls = int8_class(ctx.space, [e["config"] for e in measured])
     pooled = latency_correction(measured)
@@ -69,9 +69,10 @@ def class_corrected(ctx: PlanContext, measured: list[dict[str, Any]]) -> Callabl
                 if int((cls == k).sum()) >= 2 else pooled) for k in (False, True)}
     latency = METRICS.get("latency_ms")
 
-    def corrected(configs: Any) -> np.ndarray:
+    @takes_unit_arrays
+    def corrected(configs: Any, ua: Any = None) -> np.ndarray:
         configs = list(configs)
-        ua = UnitArrays.of(ctx.space, configs)  # once per batch: the search calls this on every generation
+        ua = UnitArrays.of(ctx.space, configs) if ua is None else ua  # the search passes the batch's arrays
         ms = np.asarray(latency(ctx.evaluator, configs, ua), dtype=np.float64)
         k = int8_class(ctx.space, configs, ua)
         out = ms.copy()

@@ -6,9 +6,11 @@ blended with a Bayesian model average of rescaled source devices (:mod:`fitplan.
 Analytic (:mod:`fitplan.predictors.analytic`): :class:`CostModelPredictor`, a few-shot per-unit cost model
 for any registered space that prices each compression unit by its own bit-width (fp32 / int8 / mixed from
 one fit), anchored where it helps on the model of a machine fitplan ships measurements of
-(:func:`source_prior`, :func:`fit_with_source_prior`). :func:`calibrate_profile` picks per device.
+(:func:`source_prior`, :func:`fit_with_source_prior`). :func:`calibrate_profile` picks per device among
+them and their log-space average (:class:`EnsemblePredictor`).
 """
 from fitplan.predictors.analytic import CostModelHyper, CostModelPredictor, fit_with_source_prior, source_prior
+from fitplan.predictors.ensemble import EnsemblePredictor
 from fitplan.predictors.latency import (
     AdaptedPredictor,
     LatencyPredictor,
@@ -25,6 +27,7 @@ __all__ = [
     "AdaptedPredictor",
     "CostModelHyper",
     "CostModelPredictor",
+    "EnsemblePredictor",
     "LatencyPredictor",
     "calibrate_predictor",
     "calibrate_profile",

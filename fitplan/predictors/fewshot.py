@@ -169,26 +169,45 @@ def method_auto(ctx: Context) -> np.ndarray:
     """What :func:`~fitplan.predictors.latency.calibrate_predictor` does by default, on the same samples: the
     analytic model with the shipped local source prior (:func:`~fitplan.predictors.analytic.source_prior`,
     where the space has one) unless the plain analytic fit cross-validates better by more than one standard
-    error, then (the samples are uncompressed) the meta-learned model (``ours+basis``) unless that analytic
-    model's leave-one-out (at most 10 folds) relative error is lower by more than one standard error."""
+    error; then (the samples are uncompressed) the meta-learned model (``ours+basis``) unless that analytic
+    model or the log-space average of the two has a leave-one-out (at most 10 folds) relative error lower by
+    more than one standard error (:func:`~fitplan.predictors.latency.select_model`)."""
     from fitplan.predictors.analytic import loo_relative_errors, prefer_prior, source_prior
+    from fitplan.predictors.latency import select_model
 
     space = ctx.prior.space
     src = source_prior(space)
-    cands = {"meta": None, "analytic": None} | ({"analytic+prior": src} if src is not None else {})
+    priors = {"analytic": None} | ({"analytic+prior": src} if src is not None else {})
+    folds: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def fit_predict(tr: np.ndarray, te: np.ndarray, k: str) -> np.ndarray:
-        if k == "meta":
-            sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
-            return method_ours_basis(sub)[ctx.idx[te]]
-        return _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=cands[k])
+        key = (k, tuple(tr))
+        if key not in folds:
+            if k == "meta":
+                sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
+                folds[key] = method_ours_basis(sub)[ctx.idx[te]]
+            elif k == "ensemble":
+                folds[key] = _log_mean(fit_predict(tr, te, "meta"), fit_predict(tr, te, best))
+            else:
+                folds[key] = _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=priors[k])
+        return folds[key]
 
-    err = {k: loo_relative_errors(lambda tr, te, k=k: fit_predict(tr, te, k), ctx.idx, ctx.y_s, folds=10)
-           for k in cands}
+    def errors(k: str) -> np.ndarray:
+        return loo_relative_errors(lambda tr, te: fit_predict(tr, te, k), ctx.idx, ctx.y_s, folds=10)
+
+    err = {k: errors(k) for k in ("meta", *priors)}
     best = "analytic+prior" if src is not None and prefer_prior(err["analytic"], err["analytic+prior"]) else "analytic"
-    if not prefer_prior(err[best], err["meta"]):  # the meta model unless the analytic one is clearly better
-        return _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=cands[best])
-    return method_ours_basis(ctx)
+    err = {"meta": err["meta"], best: err[best], "ensemble": errors("ensemble")}
+    pick = select_model(err, default="meta")
+    if pick == "meta":
+        return method_ours_basis(ctx)
+    analytic = _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=priors[best])
+    return analytic if pick == best else _log_mean(method_ours_basis(ctx), analytic)
+
+
+def _log_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Geometric mean of two predictions (:class:`~fitplan.predictors.ensemble.EnsemblePredictor`'s rule)."""
+    return np.exp(0.5 * np.log(np.maximum(a, 1e-9)) + 0.5 * np.log(np.maximum(b, 1e-9)))
 
 
 METHODS: dict[str, Callable[[Context], np.ndarray]] = {

@@ -15,9 +15,10 @@ speed-up factor on the affected MAC share is fitted); otherwise the effect is *u
 raises :class:`~fitplan.errors.ConfigError` (``unknown="raise"``, default) or returns the fp32 prediction
 with a flag (``predict_with_flags`` / ``unknown="fp32"``) — it never invents a speed-up.
 
-Calibration (:func:`calibrate_predictor` / :func:`calibrate_profile`) chooses, per device, between this
-meta-learned predictor and the analytic per-unit cost model of :mod:`fitplan.predictors.analytic` (any
-space, compression priced per unit) by cross-validated error on the calibration samples themselves.
+Calibration (:func:`calibrate_predictor` / :func:`calibrate_profile`) chooses, per device, among this
+meta-learned predictor, the analytic per-unit cost model of :mod:`fitplan.predictors.analytic` (any
+space, compression priced per unit) and their log-space average (:mod:`fitplan.predictors.ensemble`) by
+cross-validated error on the calibration samples themselves.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from fitplan.predictors.features import (
     COMPRESSION_KEYS, FBNET_LAYERS, FBNET_OPS, OFA_BLOCKS, OFA_D, OFA_E, OFA_KS, OFA_R_RANGE, PREDICTOR_SPACES,
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
 from fitplan.predictors.basis import BasisHyper, available_devices, bma_log_predict, fit_bma, source_columns
+from fitplan.predictors.ensemble import ENSEMBLE_FORMAT, EnsemblePredictor
 from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
 from fitplan.predictors.samples import iter_samples
 
@@ -505,28 +507,34 @@ def predictor_for_device(space: str, device_name: str) -> AdaptedPredictor:
 # ------------------------------------------------------------------------------------------ profiles
 #: calibration methods: ``meta`` (:meth:`LatencyPredictor.adapt`, spaces with shipped multi-device data),
 #: ``analytic`` (:class:`~fitplan.predictors.analytic.CostModelPredictor`, any registered space, compression
-#: per unit), ``auto`` (the one with the lower cross-validated error on the samples themselves).
+#: per unit), ``auto`` (chosen per device by cross-validated error on the samples themselves, the log-space
+#: average of the two among the candidates: :func:`calibrate_predictor`).
 CALIBRATION_METHODS = ("auto", "meta", "analytic")
 
 
-def calibrate_predictor(space: str, samples: Any, device: str = "unknown", method: str = "auto"
-                        ) -> "AdaptedPredictor | CostModelPredictor":
+def calibrate_predictor(space: str, samples: Any, device: str = "unknown", method: str = "auto",
+                        base: LatencyPredictor | None = None
+                        ) -> "AdaptedPredictor | CostModelPredictor | EnsemblePredictor":
     """A latency predictor of ``device`` in ``space`` (default spec) from measured samples.
 
-    ``auto`` picks, per device, between the meta-learned predictor and the analytic per-unit cost model by
-    their leave-one-out (at most 10-fold) mean relative error on the calibration samples: the meta prior wins
-    on devices like its sources (fp32 GPUs/phones of HELP), the analytic model on devices unlike them and
-    wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where int8 pays for
-    pointwise convs and costs for depthwise ones, and precision boundaries cost extra). Where fitplan ships
+    ``auto`` picks, per device, among the meta-learned predictor, the analytic per-unit cost model and (for
+    uncompressed samples) their log-space average (:class:`~fitplan.predictors.ensemble.EnsemblePredictor`)
+    by their leave-one-out (at most 10-fold) relative errors on the calibration samples
+    (:func:`select_model`): the meta prior wins on devices like its sources (fp32 GPUs/phones of HELP), the
+    analytic model wherever compression is measured per unit (e.g. int8 QDQ on ONNX Runtime CPUs, where int8
+    pays for pointwise convs and costs for depthwise ones, and precision boundaries cost extra), the average
+    on devices unlike every source (fbnet, leave-one-class-out, N=10: mean Spearman 0.837 -> 0.854 on
+    measured, 0.908 -> 0.921 on noise-free targets; ``benchmarks/predictor_fewshot.py``). Where fitplan ships
     a measured dataset of the space (:func:`fitplan.predictors.analytic.source_prior`), the analytic model
     anchored on it (``"analytic+prior"``) is kept over the plain analytic fit unless that cross-validates
-    better by more than one standard error (:func:`~fitplan.predictors.analytic.prefer_prior`). Between that
-    and the meta model the default is the meta model for uncompressed samples (HELP's setting) and the
-    analytic one when compressed configs were measured; the other wins only if it cross-validates better by
-    more than one standard error (with 5 samples the plain lower mean picked the worse model often enough to
-    lose 0.01 Spearman on the LODO benchmark, ``benchmarks/predictor_fewshot.py`` column ``auto``). Spaces
-    without a meta prior use ``analytic`` (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the
-    same rule). The choice and the errors are in ``provenance``.
+    better by more than one standard error (:func:`~fitplan.predictors.analytic.prefer_prior`). The default
+    is the meta model for uncompressed samples (HELP's setting) and the analytic one when compressed configs
+    were measured; another wins only if it cross-validates better by more than one standard error (with 5
+    samples the plain lower mean picked the worse model often enough to lose 0.01 Spearman on the LODO
+    benchmark). Spaces without a meta prior use ``analytic``
+    (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the same rule). The choice and the errors are
+    in ``provenance["selected_by"]``. ``base``: the meta-trained predictor (default: the one shipped for
+    ``space``).
     """
     from fitplan.predictors.analytic import (CostModelPredictor, cross_validated_errors, fit_with_source_prior,
                                              prefer_prior, source_prior)
@@ -535,7 +543,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
         raise ConfigError("method", f"unknown calibration method {method!r}", CALIBRATION_METHODS)
     if method == "analytic" or (method == "auto" and space not in PREDICTOR_SPACES):
         return fit_with_source_prior(space, samples, device=device)
-    base = LatencyPredictor.for_space(space)  # UnknownNameError for a space without a prior
+    base = base or LatencyPredictor.for_space(space)  # UnknownNameError for a space without a prior
     if method == "meta":
         return base.adapt(samples, device=device)
     items = list(samples["samples"] if isinstance(samples, Mapping) and "samples" in samples else samples)
@@ -553,32 +561,70 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
         except ConfigError:  # a compression class the prior has no data on: no prior
             prior = None
     # a fit that fails on a fold (e.g. fewer than 3 fp32 samples for the meta predictor) is never chosen
-    errs = cross_validated_errors(fits, configs, y, folds=10, unknown="fp32")
+    fold_fit = _memo_folds(fits)
+    errs = cross_validated_errors(fold_fit, configs, y, folds=10, unknown="fp32")
     # the analytic model with or without the prior (one-standard-error rule)
     best_analytic = ("analytic+prior" if "analytic+prior" in errs and prefer_prior(errs["analytic"],
                                                                                    errs["analytic+prior"])
                      else "analytic")
+    compressed = any(isinstance(c, Mapping) and not _is_fp32(c) for c in configs)
+    if not compressed:  # HELP's setting: also the log-space average of the meta and the analytic model
+        fold_fit["ensemble"] = lambda tr: EnsemblePredictor([fold_fit["meta"](tr), fold_fit[best_analytic](tr)],
+                                                            device=device)
+        errs |= cross_validated_errors({"ensemble": fold_fit["ensemble"]}, configs, y, folds=10, unknown="fp32")
     mean = {k: float(np.mean(v) * 100) for k, v in errs.items()}
     # the default is the model built for the samples at hand -- the meta-learned prior for uncompressed ones
     # (HELP's setting), the per-unit analytic model where compressed configs were measured (the meta model
-    # has one whole-network factor per effect) -- and the other wins only if it is better by more than one
+    # has one whole-network factor per effect) -- and another wins only if it is better by more than one
     # standard error (with 5-10 samples the lower CV mean alone picked the worse model often enough to lose
     # on average)
-    if any(isinstance(c, Mapping) and not _is_fp32(c) for c in configs):  # HELP archs: uncompressed
-        pick = best_analytic if prefer_prior(errs["meta"], errs[best_analytic]) else "meta"
-    else:
-        pick = "meta" if prefer_prior(errs[best_analytic], errs["meta"]) else best_analytic
-    pred = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
-            "meta": lambda: base.adapt(items, device=device)}[pick]()
+    cands = ["meta", best_analytic] + ([] if compressed else ["ensemble"])
+    pick = select_model({k: errs[k] for k in cands}, default=best_analytic if compressed else "meta")
+    fitted = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
+              "meta": lambda: base.adapt(items, device=device)}
+    fitted["ensemble"] = lambda: EnsemblePredictor(
+        [fitted["meta"](), fitted[best_analytic]()], device=device,
+        provenance={"method": f"log-space average of the meta-learned model and the {best_analytic} model"})
+    pred = fitted[pick]()
     pred.provenance["selected_by"] = {"rule": "cross-validated relative error on the calibration samples "
                                               "(leave-one-out, at most 10 folds): the analytic model with the "
                                               "source prior unless it is worse by more than one standard error; "
                                               "then, for uncompressed samples the meta model and for samples with "
-                                              "compressed configs the analytic one, unless the other is better by "
-                                              "more than one standard error",
+                                              "compressed configs the analytic one, unless another candidate "
+                                              "(for uncompressed samples also the ensemble of the two) is better "
+                                              "by more than one standard error (then the lowest mean of those)",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
     return pred
+
+
+def _memo_folds(fits: Mapping[str, Any]) -> dict[str, Any]:
+    """``fits`` with each ``fit(train_idx)`` remembered, so that an ensemble's cross-validation reuses its
+    members' fold fits."""
+    cache: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+    def wrap(name: str, fit: Any) -> Any:
+        def fold_fit(tr: Any) -> Any:
+            key = (name, tuple(int(i) for i in tr))
+            if key not in cache:
+                cache[key] = fit(tr)
+            return cache[key]
+        return fold_fit
+
+    return {k: wrap(k, f) for k, f in fits.items()}
+
+
+def select_model(errs: Mapping[str, np.ndarray], default: str) -> str:
+    """The calibration's choice among candidate models from their per-sample cross-validated errors: keep
+    ``default`` unless other candidates' errors are lower by more than one standard error of the paired
+    difference (:func:`~fitplan.predictors.analytic.prefer_prior`); among those, the lowest mean error.
+
+    Why ``default`` first: with 5-10 samples the cross-validated means are noisy and the default (the model
+    built for the samples at hand) is the safer bet; a clearly better alternative still wins."""
+    from fitplan.predictors.analytic import prefer_prior
+
+    better = [k for k in errs if k != default and not prefer_prior(errs[k], errs[default])]
+    return min(better, key=lambda k: float(np.mean(errs[k]))) if better else default
 
 
 def calibrate_profile(profile: Any, samples: Any, space: str, method: str = "auto") -> dict[str, Any]:
@@ -595,9 +641,11 @@ def load_profile_predictor(state: Mapping[str, Any]) -> "AdaptedPredictor | Cost
 
     if isinstance(state, Mapping) and state.get("format") == ANALYTIC_FORMAT:
         return CostModelPredictor.from_state(state)
+    if isinstance(state, Mapping) and state.get("format") == ENSEMBLE_FORMAT:
+        return EnsemblePredictor.from_state(state)
     return AdaptedPredictor.from_state(state)
 
 
 __all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "CALIBRATION_METHODS", "DEFAULT_HYPER", "LatencyPredictor",
            "MIN_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares", "load_profile_predictor",
-           "parse_samples", "predictor_for_device", "shipped_prior_path"]
+           "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path"]

@@ -223,3 +223,29 @@ def test_build_model_recalibrates_batchnorm():
     model = build_model(space, supernet, cfg, calib)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(float(bn.running_mean.abs().max()) < 50.0 for bn in bns)
+
+
+def test_evaluator_passes_its_unit_arrays_to_marked_predictors():
+    """A predictor marked with takes_unit_arrays gets the batch's UnitArrays (built once per batch); an
+    unmarked one gets the configs only, and both give the same values."""
+    from _spaces import analytic_latency
+
+    from fitplan.planner.metrics import Evaluator, UnitArrays, takes_unit_arrays
+    from fitplan.planner.predict import CapacityProxy
+    from fitplan.search_spaces import create_space
+
+    space = create_space("ofa_mbv3")
+    lat = analytic_latency(space)
+    seen = []
+
+    @takes_unit_arrays
+    def marked(configs, ua=None):
+        seen.append(ua)
+        return lat(configs)
+
+    configs = [space.smallest(), space.largest()]
+    plain = Evaluator(space, lat, CapacityProxy(space).predict).evaluate(configs)
+    got = Evaluator(space, marked, CapacityProxy(space).predict).evaluate(configs)
+    assert isinstance(seen[0], UnitArrays) and seen[0].macs.shape == (2, len(space.units()))
+    np.testing.assert_allclose(got["latency_ms"], plain["latency_ms"])
+    assert marked(configs).shape == (2,) and seen[-1] is None  # still callable with configs only
