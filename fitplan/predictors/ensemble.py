@@ -24,6 +24,14 @@ ENSEMBLE_FORMAT = "fitplan.ensemble_latency"
 ENSEMBLE_FORMAT_VERSION = 1
 
 
+def log_average(preds: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """``exp(Σ_i w_i log p_i)``: the weighted geometric mean of predictions in ms (equal weights by default;
+    the weights must sum to 1)."""
+    logs = np.stack([np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-9)) for p in preds])
+    w = np.full(len(logs), 1.0 / len(logs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.exp(w @ logs)
+
+
 @dataclass
 class EnsemblePredictor:
     """``log ms = Σ_i w_i log ms_i`` over member predictors (weights normalised to sum to 1).
@@ -60,22 +68,18 @@ class EnsemblePredictor:
         known = set.intersection(*(set(m.effects) for m in self.members))
         return {k: float(sum(w * m.effects[k] for w, m in zip(self.weights, self.members))) for k in sorted(known)}
 
-    def _combine(self, preds: Sequence[np.ndarray]) -> np.ndarray:
-        logs = np.stack([np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-9)) for p in preds])
-        return np.exp(np.asarray(self.weights) @ logs)
-
     def predict_with_flags(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any]
                            ) -> tuple[np.ndarray, list[list[str]]]:
         """Predicted ms per config and, per config, the effects some member has no data on."""
         outs = [m.predict_with_flags(configs) for m in self.members]
         flags = [sorted(set().union(*(o[1][i] for o in outs))) for i in range(len(outs[0][1]))]
-        return self._combine([o[0] for o in outs]), flags
+        return log_average([o[0] for o in outs], self.weights), flags
 
     def predict(self, configs: Sequence[Mapping[str, Any]] | Mapping[str, Any], unknown: str = "raise"
                 ) -> np.ndarray:
         """Predicted milliseconds, shape ``[len(configs)]``; ``unknown`` as the members take it
         (``"raise"``: :class:`~fitplan.errors.ConfigError` naming the config field; ``"fp32"``)."""
-        return self._combine([m.predict(configs, unknown=unknown) for m in self.members])
+        return log_average([m.predict(configs, unknown=unknown) for m in self.members], self.weights)
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -116,4 +120,4 @@ class EnsemblePredictor:
                    provenance=dict(state.get("provenance") or {}))
 
 
-__all__ = ["ENSEMBLE_FORMAT", "ENSEMBLE_FORMAT_VERSION", "EnsemblePredictor"]
+__all__ = ["ENSEMBLE_FORMAT", "ENSEMBLE_FORMAT_VERSION", "EnsemblePredictor", "log_average"]

@@ -173,6 +173,7 @@ def method_auto(ctx: Context) -> np.ndarray:
     model or the log-space average of the two has a leave-one-out (at most 10 folds) relative error lower by
     more than one standard error (:func:`~fitplan.predictors.latency.select_model`)."""
     from fitplan.predictors.analytic import loo_relative_errors, prefer_prior, source_prior
+    from fitplan.predictors.ensemble import log_average
     from fitplan.predictors.latency import select_model
 
     space = ctx.prior.space
@@ -187,7 +188,7 @@ def method_auto(ctx: Context) -> np.ndarray:
                 sub = Context(ctx.x, ctx.idx[tr], ctx.y_s[tr], ctx.prior, ctx.source_latency, ctx.macs)
                 folds[key] = method_ours_basis(sub)[ctx.idx[te]]
             elif k == "ensemble":
-                folds[key] = _log_mean(fit_predict(tr, te, "meta"), fit_predict(tr, te, best))
+                folds[key] = log_average([fit_predict(tr, te, "meta"), fit_predict(tr, te, best)])
             else:
                 folds[key] = _analytic_fit_predict(space, ctx.idx[tr], ctx.y_s[tr], ctx.idx[te], prior=priors[k])
         return folds[key]
@@ -202,12 +203,7 @@ def method_auto(ctx: Context) -> np.ndarray:
     if pick == "meta":
         return method_ours_basis(ctx)
     analytic = _analytic_fit_predict(space, ctx.idx, ctx.y_s, np.arange(len(ctx.x)), prior=priors[best])
-    return analytic if pick == best else _log_mean(method_ours_basis(ctx), analytic)
-
-
-def _log_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Geometric mean of two predictions (:class:`~fitplan.predictors.ensemble.EnsemblePredictor`'s rule)."""
-    return np.exp(0.5 * np.log(np.maximum(a, 1e-9)) + 0.5 * np.log(np.maximum(b, 1e-9)))
+    return analytic if pick == best else log_average([method_ours_basis(ctx), analytic])
 
 
 METHODS: dict[str, Callable[[Context], np.ndarray]] = {
