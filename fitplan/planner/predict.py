@@ -31,7 +31,7 @@ import numpy as np
 
 from fitplan.errors import ConfigError, FitplanError
 from fitplan.jsonio import atomic_write_text, dumps
-from fitplan.planner.metrics import unit_costs_cached
+from fitplan.planner.metrics import takes_unit_arrays, unit_costs_cached
 
 Config = dict[str, Any]
 Predict = Callable[[Sequence[Config]], np.ndarray]
@@ -285,10 +285,12 @@ BITS_PRIOR = {32: 0.0, 16: 0.0, 8: 0.003, 4: 0.03}
 SPARSITY_PRIOR = {0.0: 0.0, 0.25: 0.002, 0.5: 0.008, 0.75: 0.03}
 
 
-def compression_penalty(space: Any, configs: Sequence[Config]) -> np.ndarray:
+def compression_penalty(space: Any, configs: Sequence[Config], ua: Any = None) -> np.ndarray:
+    """Prior accuracy cost of the configs' bits and sparsity (``BITS_PRIOR`` / ``SPARSITY_PRIOR`` by MAC share).
+    ``ua``: the configs' :class:`~fitplan.planner.metrics.UnitArrays` when the caller has them already."""
     from fitplan.planner.metrics import UnitArrays
 
-    ua = UnitArrays.of(space, configs)
+    ua = UnitArrays.of(space, configs) if ua is None else ua
     tot = ua.macs.sum(axis=1, keepdims=True)
     frac = np.divide(ua.macs, tot, out=np.zeros_like(ua.macs), where=tot > 0)
     pb = np.vectorize(lambda b: BITS_PRIOR.get(int(b), 0.03))(ua.bits)
@@ -313,9 +315,10 @@ class CapacityProxy:
             x.append(0.7 * np.log1p(sum(u.macs for u in units)) + 0.3 * np.log1p(sum(u.params for u in units)))
         return np.asarray(x)
 
-    def predict(self, configs: Sequence[Config]) -> np.ndarray:
+    @takes_unit_arrays
+    def predict(self, configs: Sequence[Config], ua: Any = None) -> np.ndarray:
         s = 0.5 + 0.5 * (self._raw(configs) - self.lo) / (self.hi - self.lo)
-        return s - compression_penalty(self.space, configs)
+        return s - compression_penalty(self.space, configs, ua)
 
 
 class SubnetAccuracyModel:
@@ -333,8 +336,9 @@ class SubnetAccuracyModel:
             rows.append(v + [np.log1p(sum(u.macs for u in units)), np.log1p(sum(u.params for u in units)), 1.0])
         return np.asarray(rows, dtype=np.float64)
 
-    def predict(self, configs: Sequence[Config]) -> np.ndarray:
-        return np.clip(self._x(configs) @ self.coef, 0.0, 1.0) - compression_penalty(self.space, configs)
+    @takes_unit_arrays
+    def predict(self, configs: Sequence[Config], ua: Any = None) -> np.ndarray:
+        return np.clip(self._x(configs) @ self.coef, 0.0, 1.0) - compression_penalty(self.space, configs, ua)
 
     @classmethod
     def fit(cls, space: Any, supernet: Any, data: Any, n: int = 16, seed: int = 0, ridge: float = 1.0,
@@ -414,8 +418,11 @@ def resolve_accuracy(space: Any, supernet: Any, data: Any, *, out_dir: Path | No
                     f"validation split" + (f", holdout Kendall tau {tau:.2f}" if isinstance(tau, float) else "") + ")")
             if pred.sensitivity is not None:
                 return pred.predict, desc + " - measured per-unit compression sensitivity"
-            return (lambda configs: np.clip(pred.predict(configs) - compression_penalty(space, configs), 0, 1),
-                    desc + " - compression prior (assumed, see planner.predict)")
+            @takes_unit_arrays
+            def with_prior(configs: Sequence[Config], ua: Any = None) -> np.ndarray:
+                return np.clip(pred.predict(configs) - compression_penalty(space, configs, ua), 0, 1)
+
+            return with_prior, desc + " - compression prior (assumed, see planner.predict)"
         except (ImportError, FitplanError, RuntimeError, ValueError) as e:
             note = f"{type(e).__name__}: {e}"
         cache = out_dir / "accuracy_samples.json" if out_dir is not None else None
