@@ -220,7 +220,7 @@ def sample_sets(n_archs: int, n: int, draws: int, seed: int = 0) -> list[np.ndar
 def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, protocol: str = "lodo",
              target: str = "measured", methods: Sequence[str] = ("ours",), hyper: HyperParams | None = None,
              devices: Sequence[str] | None = None, pool: Sequence[str] | None = None,
-             reference: bool = False, seed: int = 0, basis=None) -> list[dict]:
+             reference: bool = False, seed: int = 0, basis=None, corrupt: float = 1.0) -> list[dict]:
     """Run the few-shot protocol; one row per (device, N, method, sample set kind) with mean metrics.
 
     Args:
@@ -228,6 +228,8 @@ def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, pr
         pool: devices that may serve as sources (default: all); tuning passes the meta-train devices only.
         reference: also score HELP's 10 fixed reference archs as the sample set (``N=10``).
         basis: :class:`~fitplan.predictors.basis.BasisHyper` for ``ours+basis`` (default: shipped constants).
+        corrupt: the first sample of every set is passed to the methods multiplied by this factor (a run
+            disturbed by another process); scoring uses the measured values as they are.
     """
     from fitplan.hw_profiles.latency_data import load_latency_dataset
 
@@ -262,12 +264,14 @@ def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, pr
                 for idx in idx_sets:
                     mask = np.ones(len(y), dtype=bool)
                     mask[idx] = False
-                    ctx = Context(x, idx, y[idx], prior, lat[:, cols], macs)
+                    y_s = y[idx].copy()
+                    y_s[0] *= corrupt
+                    ctx = Context(x, idx, y_s, prior, lat[:, cols], macs)
                     pred = method_ours_basis(ctx, basis) if m == "ours+basis" else METHODS[m](ctx)
                     for k, v in metrics(pred[mask], y[mask]).items():
                         acc.setdefault(k, []).append(v)
                 rows.append({"space": space, "device": dev, "n": n, "samples": kind, "method": m,
-                             "protocol": protocol, "target": target, "sources": len(src),
+                             "protocol": protocol, "target": target, "sources": len(src), "corrupt": corrupt,
                              **{k: float(np.mean(v)) for k, v in acc.items()},
                              "spearman_min_draw": float(np.min(acc["spearman"]))})
     return rows

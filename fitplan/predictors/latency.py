@@ -402,7 +402,9 @@ class LatencyPredictor:
                 "space": self.space, "source_devices": list(self.prior.devices), "n_fp32_samples": int(fp.sum()),
                 "n_compressed_samples": int((~fp).sum()), "hyper": self.prior.hyper.to_dict(),
                 "basis_hyper": self.basis_hyper.to_dict(),
-                "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100)}
+                "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100),
+                # positions in the given samples: measurements the fit treated as disturbed runs
+                "suspect_samples": [int(i) for i in np.flatnonzero(fp)[self.prior.suspect_samples(x[fp], y[fp])]]}
         return AdaptedPredictor(self.space, table, device, len(archs), effects, prov, basis)
 
     def _fit_basis(self, x: np.ndarray, y: np.ndarray, table: np.ndarray) -> dict[str, Any] | None:
@@ -457,7 +459,7 @@ class LatencyPredictor:
         prior = MetaPrior(space=meta["space"], pool_mean=arrays["pool_mean"], mean=arrays["mean"],
                           source_factors=arrays["source_factors"], analytic=arrays["analytic"],
                           scale_diag=arrays["scale_diag"], devices=tuple(json.loads(meta["devices"])),
-                          groups=arrays["groups"], hyper=HyperParams(**json.loads(meta["hyper"])))
+                          groups=arrays["groups"], hyper=HyperParams.from_dict(json.loads(meta["hyper"])))
         return cls(prior)
 
 
@@ -580,8 +582,8 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     # on average)
     cands = ["meta", best_analytic] + ([] if compressed else ["ensemble"])
     pick = select_model({k: errs[k] for k in cands}, default=best_analytic if compressed else "meta")
-    fitted = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior,
-              "meta": lambda: base.adapt(items, device=device)}
+    meta = base.adapt(items, device=device)  # milliseconds; also names the suspect samples
+    fitted = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior, "meta": lambda: meta}
     fitted["ensemble"] = lambda: EnsemblePredictor(
         [fitted["meta"](), fitted[best_analytic]()], device=device,
         provenance={"method": f"log-space average of the meta-learned model and the {best_analytic} model"})
@@ -595,6 +597,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
                                               "by more than one standard error (then the lowest mean of those)",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
+    pred.provenance.setdefault("suspect_samples", meta.provenance.get("suspect_samples", []))
     return pred
 
 

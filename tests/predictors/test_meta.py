@@ -1,0 +1,94 @@
+"""The meta-learned Gaussian prior's few-shot posterior: outlier down-weighting and hyper-parameter states."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from fitplan.hw_profiles.latency_data import load_latency_dataset
+from fitplan.predictors import LatencyPredictor
+from fitplan.predictors.features import dataset_features
+from fitplan.predictors.meta import HyperParams, outlier_variance
+
+
+def test_outlier_variance_raises_only_the_outlier():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 3))
+    prior_cov = a @ a.T
+    noise = np.full(10, 0.01)
+    resid = a @ rng.normal(size=3) + rng.normal(scale=0.1, size=10)  # a draw the model expects
+    v = outlier_variance(prior_cov, noise, resid, clip=3.0)
+    assert np.all(v >= 1.0) and np.allclose(v, 1.0)
+    bad = resid.copy()
+    bad[4] += 5.0  # ~50 noise standard deviations off
+    v = outlier_variance(prior_cov, noise, bad, clip=3.0)
+    assert int(np.argmax(v)) == 4 and v[4] > 100
+    assert np.all(np.delete(v, 4) < 2.0)
+
+
+def _held_out(space: str, device: str, n: int, seed: int = 0):
+    ds = load_latency_dataset(space)
+    pred = LatencyPredictor.meta_train(space, devices=[d for d in ds.devices if d != device])
+    y = ds.device(device)
+    idx = np.random.default_rng(seed).choice(len(y), n, replace=False)
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    return pred.prior, dataset_features(space), y, idx, rest
+
+
+def test_posterior_resists_one_corrupted_sample():
+    """One of ten samples measured 2x too slow (a disturbed run) barely moves the robust posterior, while the
+    plain Gaussian one bends toward it."""
+    prior, x, y, idx, rest = _held_out("fbnet", "gold_6240", 10)
+    y_s = y[idx].copy()
+    y_s[3] *= 2.0
+    plain = dataclasses.replace(prior.hyper, clip=0.0)
+
+    def score(hyper, ys):
+        return spearmanr(x[rest] @ prior.posterior_table(x[idx], ys, hyper=hyper), y[rest])[0]
+
+    clean, robust, gaussian = score(prior.hyper, y[idx]), score(prior.hyper, y_s), score(plain, y_s)
+    assert robust > gaussian + 0.02
+    assert robust > clean - 0.01
+    # without outliers the down-weighting leaves the fit (nearly) alone
+    assert abs(clean - score(plain, y[idx])) < 0.005
+
+
+def test_few_samples_are_not_reweighted():
+    prior, x, y, idx, _ = _held_out("fbnet", "gold_6240", 3)
+    y_s = y[idx].copy()
+    y_s[1] *= 2.0
+    plain = dataclasses.replace(prior.hyper, clip=0.0)
+    assert prior.hyper.robust_min_samples > 3
+    np.testing.assert_array_equal(prior.posterior_table(x[idx], y_s), prior.posterior_table(x[idx], y_s, plain))
+
+
+def test_hyper_params_state_keeps_defaults_and_ignores_unknown_keys():
+    h = HyperParams(gamma=2.0, clip=1.5)
+    assert HyperParams.from_dict(h.to_dict()) == h
+    old = {"gamma": 2.0, "sigma_a": 0.3, "sigma_b": 0.3, "tau": 0.1, "sigma_n": 0.03, "sigma_g": 0.0}
+    assert HyperParams.from_dict(old).clip == HyperParams().clip
+    assert HyperParams.from_dict({**old, "from_a_later_version": 1}).gamma == 2.0
+
+
+def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys):
+    """``fitplan calibrate fit`` stores the fit and tells which measurement looked disturbed."""
+    import json
+
+    from fitplan.cli import main
+    from fitplan.hw_profiles import get_profile
+
+    monkeypatch.setenv("FITPLAN_HOME", str(tmp_path / "home"))
+    ds = load_latency_dataset("fbnet")
+    idx = np.random.default_rng(1).choice(len(ds), 10, replace=False)
+    samples = [{"arch": ds.arch(int(i)), "latency_ms": float(ds.device("gold_6240")[i])} for i in idx]
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"space": "fbnet", "samples": samples}))
+    assert main(["calibrate", "fit", "--profile", "pixel3", "--samples", str(cal), "--space", "fbnet"]) == 0
+    assert "down-weighted" not in capsys.readouterr().err
+    samples[6]["latency_ms"] *= 2.0
+    cal.write_text(json.dumps({"space": "fbnet", "samples": samples}))
+    assert main(["calibrate", "fit", "--profile", "pixel3", "--samples", str(cal), "--space", "fbnet"]) == 0
+    err = capsys.readouterr().err
+    assert "samples #6 (" in err and "down-weighted" in err
+    assert get_profile("pixel3").predictors["fbnet"]["provenance"]["suspect_samples"] == [6]
