@@ -582,7 +582,10 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     # on average)
     cands = ["meta", best_analytic] + ([] if compressed else ["ensemble"])
     pick = select_model({k: errs[k] for k in cands}, default=best_analytic if compressed else "meta")
-    meta = base.adapt(items, device=device)  # milliseconds; also names the suspect samples
+    try:  # milliseconds; also names the suspect samples
+        meta = base.adapt(items, device=device)
+    except ConfigError:  # e.g. too few fp32 samples: the meta model was not a candidate (infinite CV error)
+        meta = None
     fitted = {"analytic": lambda: analytic, "analytic+prior": lambda: with_prior, "meta": lambda: meta}
     fitted["ensemble"] = lambda: EnsemblePredictor(
         [fitted["meta"](), fitted[best_analytic]()], device=device,
@@ -597,7 +600,7 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
                                               "by more than one standard error (then the lowest mean of those)",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
-    pred.provenance.setdefault("suspect_samples", meta.provenance.get("suspect_samples", []))
+    pred.provenance.setdefault("suspect_samples", meta.provenance.get("suspect_samples", []) if meta else [])
     return pred
 
 

@@ -214,3 +214,17 @@ def test_basis_batch_predict():
     ad = LatencyPredictor.for_space("fbnet").adapt(samples)
     assert ad.basis is not None
     _assert_batch_predict(ad, ds)
+
+
+def test_calibration_with_too_few_fp32_samples_for_the_meta_model():
+    """Two fp32 and ten int8 samples: the meta model cannot be fitted, the analytic one is chosen (and the
+    calibration does not fail while naming suspect samples)."""
+    from fitplan.predictors.latency import calibrate_predictor
+
+    ds = load_latency_dataset("fbnet")
+    y = ds.device("pixel3")
+    samples = [{"arch": ds.arch(i), "latency_ms": float(y[i])} for i in range(2)]
+    samples += [{"arch": dict(ds.arch(i), bits=[8] * 25), "latency_ms": float(y[i]) * 0.6} for i in range(2, 12)]
+    p = calibrate_predictor("fbnet", samples, device="x")
+    assert p.provenance["selected_by"]["chosen"].startswith("analytic")
+    assert p.provenance["suspect_samples"] == []
