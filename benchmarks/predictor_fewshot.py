@@ -16,14 +16,15 @@ The analytic model wins on the phones, whose latency follows MACs more than the 
 random, 5 draws: samsung_a50 0.881 vs 0.845, samsung_s7 0.742 vs 0.671, essential_ph_1 0.699 vs 0.646), the
 meta model on GPUs / CPUs with a similar source, the average on devices unlike every source. Mean Spearman
 over the 13 fbnet devices, ``auto`` vs ``ours+basis``, N=5 / 10 / 20 / HELP's 10 reference archs: LODO
-0.894 / 0.916 / 0.928 / 0.922 vs 0.901 / 0.914 / 0.927 / 0.920; LOCO 0.804 / 0.854 / 0.875 / 0.848 vs
-0.778 / 0.838 / 0.873 / 0.849; noise-free targets LODO 0.971 / 0.987 / 0.992 / 0.986, LOCO 0.868 / 0.921 /
-0.940 / 0.912; ofa_mbv3 LODO 0.894 / 0.906 / 0.906 / 0.909, noise-free 0.982 / 0.987 / 0.989 / 0.990.
-The meta posterior down-weights samples whose leave-one-out residual is an outlier
-(:func:`~fitplan.predictors.meta.outlier_variance`); before it, ``auto`` LODO was 0.894 / 0.911 / 0.926 / 0.918
-(fbnet) and 0.895 / 0.902 / 0.904 / 0.905 (ofa_mbv3). ``--corrupt 2`` (one sample of each set measured 2x
-too slow) shows what it is for: ``auto`` fbnet 0.744 / 0.800 / 0.868 / 0.827 -> 0.848 / 0.894 / 0.923 / 0.906,
-``ours+basis`` N=10 0.522 -> 0.894; ofa_mbv3 0.838 / 0.880 / 0.894 / 0.889 -> 0.873 / 0.898 / 0.904 / 0.903.
+0.894 / 0.915 / 0.928 / 0.921 vs 0.901 / 0.913 / 0.928 / 0.920; LOCO 0.804 / 0.855 / 0.875 / 0.845 vs
+0.776 / 0.838 / 0.874 / 0.846; noise-free targets LODO 0.971 / 0.987 / 0.992 / 0.986, LOCO 0.868 / 0.921 /
+0.940 / 0.912; ofa_mbv3 LODO 0.894 / 0.906 / 0.906 / 0.909, noise-free 0.981 / 0.987 / 0.989 / 0.990.
+The meta posterior and the measured-basis average down-weight samples whose leave-one-out residual is an
+outlier (:func:`~fitplan.predictors.meta.outlier_variance`); before that, ``auto`` LODO was 0.894 / 0.911 /
+0.926 / 0.918 (fbnet) and 0.895 / 0.902 / 0.904 / 0.905 (ofa_mbv3). ``--corrupt 2`` (one sample of each set
+measured 2x too slow) shows what it is for: ``auto`` fbnet 0.744 / 0.800 / 0.868 / 0.827 -> 0.876 / 0.908 /
+0.928 / 0.918, ``ours+basis`` N=10 0.522 -> 0.909; ofa_mbv3 0.838 / 0.880 / 0.894 / 0.889 -> 0.879 / 0.903 /
+0.906 / 0.905.
 Baselines: FLOPs proxy (a + b·MACs on the N samples), nearest source
 device scaled, plain ridge on the N samples. Column ``own-4000``: the device's own additive table fitted on 4000
 of its archs and scored on the other 1000 -- a reference for how noisy its measurements are (phones are

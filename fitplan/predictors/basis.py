@@ -40,18 +40,24 @@ class BasisHyper:
         return {"sigma": self.sigma, "sigma_b": self.sigma_b, "rho": self.rho}
 
 
-def _affine(s: np.ndarray, t: np.ndarray, sigma_b: float) -> tuple[float, float]:
-    """``t ≈ a + b s`` with ``b ~ N(1, sigma_b²)`` (ridge toward 1 in units of the sample spread)."""
-    sm, tm = float(s.mean()), float(t.mean())
+def _affine(s: np.ndarray, t: np.ndarray, sigma_b: float, w: np.ndarray) -> tuple[float, float]:
+    """``t ≈ a + b s`` with ``b ~ N(1, sigma_b²)`` (ridge toward 1 in units of the sample spread), samples
+    weighted by ``w``."""
+    sm, tm = float(w @ s / w.sum()), float(w @ t / w.sum())
     sc, tc = s - sm, t - tm
-    b = 1.0 if sigma_b <= 0 else float((sc @ tc + 1.0 / sigma_b ** 2) / (sc @ sc + 1.0 / sigma_b ** 2))
+    b = 1.0 if sigma_b <= 0 else float((sc @ (w * tc) + 1.0 / sigma_b ** 2) / (sc @ (w * sc) + 1.0 / sigma_b ** 2))
     return tm - b * sm, b
 
 
-def fit_bma(s: np.ndarray, t: np.ndarray, hyper: BasisHyper) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_bma(s: np.ndarray, t: np.ndarray, hyper: BasisHyper,
+            weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weights, intercepts and exponents of the per-source models from sample columns ``s [N, K]`` (log ms of
-    the sources on the sample archs) and targets ``t [N]`` (log ms of the new device)."""
+    the sources on the sample archs) and targets ``t [N]`` (log ms of the new device). ``weights`` (``[N]``,
+    default 1) scale each sample's part in the fits and the likelihood: the additive posterior's outlier
+    weights (:meth:`~fitplan.predictors.meta.MetaPrior.sample_weights`), so that one disturbed run does not
+    pick the source devices."""
     n, k = s.shape
+    w_s = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     ll = np.zeros(k)
     a = np.zeros(k)
     b = np.zeros(k)
@@ -59,10 +65,10 @@ def fit_bma(s: np.ndarray, t: np.ndarray, hyper: BasisHyper) -> tuple[np.ndarray
         res = np.empty(n)
         for i in range(n):
             m = np.arange(n) != i
-            ai, bi = _affine(s[m, j], t[m], hyper.sigma_b)
+            ai, bi = _affine(s[m, j], t[m], hyper.sigma_b, w_s[m])
             res[i] = t[i] - ai - bi * s[i, j]
-        ll[j] = -0.5 * float(res @ res) / hyper.sigma ** 2
-        a[j], b[j] = _affine(s[:, j], t, hyper.sigma_b)
+        ll[j] = -0.5 * float(w_s @ res ** 2) / hyper.sigma ** 2
+        a[j], b[j] = _affine(s[:, j], t, hyper.sigma_b, w_s)
     w = np.exp(ll - ll.max())
     return w / w.sum(), a, b
 

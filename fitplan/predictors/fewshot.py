@@ -103,7 +103,7 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
         _COLS.clear()
         _COLS[key] = source_columns(space, devices, ctx.x)[0]
     s = _COLS[key]
-    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h)
+    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, ctx.prior.sample_weights(ctx.x[ctx.idx], ctx.y_s))
     return np.exp(h.rho * bma_log_predict(s, w, a, b) + (1 - h.rho) * np.log(np.maximum(base, 1e-6)))
 
 

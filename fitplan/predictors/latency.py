@@ -414,7 +414,7 @@ class LatencyPredictor:
         if h.rho <= 0 or len(y) < MIN_SAMPLES or not available_devices(self.space, devices):
             return None
         s, _ = source_columns(self.space, devices, x)
-        w, a, b = fit_bma(s, np.log(y), h)
+        w, a, b = fit_bma(s, np.log(y), h, self.prior.sample_weights(x, y))
         keep = w >= _MIN_WEIGHT
         w = w[keep] / w[keep].sum()
         return {"devices": [d for d, k in zip(devices, keep) if k], "weights": [float(v) for v in w],

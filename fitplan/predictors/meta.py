@@ -26,7 +26,8 @@ than ``clip`` predictive standard deviations away, just enough to bring it to ``
 down-weighting, iterated). With fewer than ``robust_min_samples`` (4) samples it is off: two others
 cannot tell an outlier from a device unlike the prior. Measured targets gain where devices are noisy (fbnet
 leave-one-device-out, N=10: essential_ph_1 0.668 -> 0.687, samsung_s7 0.693 -> 0.718), one sample measured
-2x too slow no longer wrecks the fit (``benchmarks/predictor_fewshot.py --corrupt 2``), and noise-free
+2x too slow no longer wrecks the fit (with the measured basis weighting the samples alike,
+:meth:`MetaPrior.sample_weights`) (``benchmarks/predictor_fewshot.py --corrupt 2``), and noise-free
 targets (``--target clean``) move by at most 0.003.
 
 Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
@@ -167,15 +168,19 @@ class MetaPrior:
         loglik = -0.5 * float(z @ z) - float(np.sum(np.log(np.diag(chol))))
         return table, loglik
 
+    def sample_weights(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None) -> np.ndarray:
+        """Per-sample weights in ``(0, 1]`` the posterior gives the samples (``1 / outlier_variance``): 1 = taken at
+        face value; other few-shot parts (the measured basis) weight the samples alike."""
+        h = hyper or self.hyper
+        t = np.asarray(y, dtype=np.float64)
+        t = t / float(np.exp(np.mean(np.log(t))))
+        return (h.sigma_n ** 2) * t ** 2 / self._terms(x, t, h)[4]
+
     def suspect_samples(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
                         factor: float = 4.0) -> list[int]:
         """Indices of the samples the posterior down-weights as outliers (noise variance raised more than
         ``factor``-fold: leave-one-out residual beyond twice the clip), so a user can re-measure them."""
-        h = hyper or self.hyper
-        t = np.asarray(y, dtype=np.float64)
-        t = t / float(np.exp(np.mean(np.log(t))))
-        noise = (h.sigma_n ** 2) * t ** 2
-        return [int(i) for i in np.flatnonzero(self._terms(x, t, h)[4] > factor * noise)]
+        return [int(i) for i in np.flatnonzero(self.sample_weights(x, y, hyper) < 1.0 / factor)]
 
     def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
                         grid: Sequence[HyperParams] | None = None) -> np.ndarray:

@@ -92,3 +92,26 @@ def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "samples #6 (" in err and "down-weighted" in err
     assert get_profile("pixel3").predictors["fbnet"]["provenance"]["suspect_samples"] == [6]
+
+
+def test_adapted_predictor_with_its_measured_basis_resists_one_corrupted_sample():
+    """The shipped adapt path (posterior + measured-basis average, which weights the samples alike): one of ten
+    samples 2x too slow changes the held-out ranking little and is named as suspect."""
+    ds = load_latency_dataset("fbnet")
+    device = "silver_4114"
+    pred = LatencyPredictor.meta_train("fbnet", devices=[d for d in ds.devices if d != device])
+    y = ds.device(device)
+    idx = np.random.default_rng(1).choice(len(y), 10, replace=False)
+    rest = np.setdiff1d(np.arange(len(y)), idx)[:2000]
+    archs = [ds.arch(int(i)) for i in rest]
+
+    def fit(scale: float):
+        samples = [{"arch": ds.arch(int(i)), "latency_ms": float(y[i]) * (scale if k == 2 else 1.0)}
+                   for k, i in enumerate(idx)]
+        ad = pred.adapt(samples, device=device)
+        return spearmanr(ad.predict(archs), y[rest])[0], ad
+
+    clean, _ = fit(1.0)
+    corrupted, ad = fit(2.0)
+    assert ad.basis is not None and ad.provenance["suspect_samples"] == [2]
+    assert corrupted > clean - 0.02
