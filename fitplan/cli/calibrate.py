@@ -81,6 +81,8 @@ def run_fit(args: argparse.Namespace) -> int:
     from fitplan.hw_profiles.kit import read_samples
     from fitplan.hw_profiles.profile import Provenance, utc_now
 
+    from fitplan.predictors.latency import suspect_note
+
     try:
         from fitplan.predictors import calibrate_profile
     except ImportError:
@@ -111,9 +113,7 @@ def run_fit(args: argparse.Namespace) -> int:
         cv = ", ".join(f"{k} {v:.1f} %" for k, v in (sel.get("cv_mean_ape_pct") or {}).items() if v is not None)
         how = f" (chosen: {sel['chosen']}" + (f"; leave-one-out mean error {cv}" if cv else "") + ")"
     print(f"calibrated {space} predictor for {prof.name!r} on {len(samples)} samples{how} -> {path}")
-    suspect = prov.get("suspect_samples") or []
-    if suspect:
-        listed = ", ".join(f"#{i} ({float(samples[i]['latency_ms']):g} ms)" for i in suspect)
-        print(f"note: samples {listed} lie far from what the other samples predict and were down-weighted "
-              f"(a disturbed run?); re-measuring them may improve the calibration", file=sys.stderr)
+    note = suspect_note(prov, samples)
+    if note:
+        print(note, file=sys.stderr)
     return 0

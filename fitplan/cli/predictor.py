@@ -44,7 +44,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from fitplan.errors import ConfigError
     from fitplan.jsonio import atomic_write_text
     from fitplan.predictors.features import PREDICTOR_SPACES
-    from fitplan.predictors.latency import CALIBRATION_METHODS, LatencyPredictor, calibrate_predictor, parse_samples
+    from fitplan.predictors.latency import (CALIBRATION_METHODS, LatencyPredictor, calibrate_predictor,
+                                            parse_samples, suspect_note)
 
     if args.space not in PREDICTOR_SPACES:
         raise ConfigError("--space", f"unsupported space {args.space!r}", PREDICTOR_SPACES)
@@ -67,4 +68,7 @@ def run_predict(args: argparse.Namespace) -> int:
     chosen = (adapted.provenance.get("selected_by") or {}).get("chosen", args.method)
     print(f"predicted {len(archs)} archs for {args.space} from {adapted.n_samples} calibration samples "
           f"({chosen} model) -> {args.out} (predicted ms)", file=sys.stderr)
+    note = suspect_note(adapted.provenance, cal["samples"])
+    if note:
+        print(note, file=sys.stderr)
     return 0

@@ -633,6 +633,17 @@ def select_model(errs: Mapping[str, np.ndarray], default: str) -> str:
     return min(better, key=lambda k: float(np.mean(errs[k]))) if better else default
 
 
+def suspect_note(provenance: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str | None:
+    """A one-line note for the user naming the calibration samples the fit down-weighted as disturbed runs
+    (``provenance["suspect_samples"]``, positions in ``samples``), or ``None`` when there are none."""
+    suspect = list(provenance.get("suspect_samples") or [])
+    if not suspect:
+        return None
+    listed = ", ".join(f"#{i} ({float(samples[i]['latency_ms']):g} ms)" for i in suspect)
+    return (f"note: samples {listed} lie far from what the other samples predict and were down-weighted (a "
+            f"disturbed run?); re-measuring them may improve the calibration")
+
+
 def calibrate_profile(profile: Any, samples: Any, space: str, method: str = "auto") -> dict[str, Any]:
     """Calibrate a latency predictor of ``space`` to ``profile``'s samples (:func:`calibrate_predictor`);
     returns the JSON-able state to store under ``profile.predictors[space]`` (the caller stores it)."""
@@ -654,4 +665,4 @@ def load_profile_predictor(state: Mapping[str, Any]) -> "AdaptedPredictor | Cost
 
 __all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "CALIBRATION_METHODS", "DEFAULT_HYPER", "LatencyPredictor",
            "MIN_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares", "load_profile_predictor",
-           "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path"]
+           "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path", "suspect_note"]

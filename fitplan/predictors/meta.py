@@ -26,9 +26,9 @@ than ``clip`` predictive standard deviations away, just enough to bring it to ``
 down-weighting, iterated). With fewer than ``robust_min_samples`` (4) samples it is off: two others
 cannot tell an outlier from a device unlike the prior. Measured targets gain where devices are noisy (fbnet
 leave-one-device-out, N=10: essential_ph_1 0.668 -> 0.687, samsung_s7 0.693 -> 0.718), one sample measured
-2x too slow no longer wrecks the fit (with the measured basis weighting the samples alike,
-:meth:`MetaPrior.sample_weights`) (``benchmarks/predictor_fewshot.py --corrupt 2``), and noise-free
-targets (``--target clean``) move by at most 0.003.
+2x too slow no longer wrecks the fit (``benchmarks/predictor_fewshot.py --corrupt 2``; the measured basis
+weights the samples alike, :meth:`MetaPrior.sample_weights`), and noise-free targets (``--target clean``)
+move by at most 0.003.
 
 Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
 milliseconds and the result is again a plain table: prediction is one matrix-vector product.
@@ -95,6 +95,14 @@ def outlier_variance(prior_cov: np.ndarray, noise: np.ndarray, resid: np.ndarray
             return v_new
         v = v_new
     return v
+
+
+def _normalised(y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
+    """Latencies divided by their geometric mean (the device scale), and that scale: the prior is over
+    normalised tables."""
+    y = np.asarray(y, dtype=np.float64)
+    s = float(np.exp(np.mean(np.log(y))))
+    return y / s, s
 
 
 def fit_device_table(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -172,8 +180,7 @@ class MetaPrior:
         """Per-sample weights in ``(0, 1]`` the posterior gives the samples (``1 / outlier_variance``): 1 = taken at
         face value; other few-shot parts (the measured basis) weight the samples alike."""
         h = hyper or self.hyper
-        t = np.asarray(y, dtype=np.float64)
-        t = t / float(np.exp(np.mean(np.log(t))))
+        t, _ = _normalised(y)
         return (h.sigma_n ** 2) * t ** 2 / self._terms(x, t, h)[4]
 
     def suspect_samples(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
@@ -190,9 +197,7 @@ class MetaPrior:
         With ``grid``, the hyper-parameters of this device are chosen among ``grid`` by marginal likelihood
         (empirical Bayes: a device unlike the sources asks for a wider prior on its own).
         """
-        y = np.asarray(y, dtype=np.float64)
-        s = float(np.exp(np.mean(np.log(y))))
-        t = y / s
+        t, s = _normalised(y)
         if grid:
             best = max((self._solve(x, t, h) for h in grid), key=lambda r: r[1])
             return best[0] * s

@@ -92,6 +92,13 @@ def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "samples #6 (" in err and "down-weighted" in err
     assert get_profile("pixel3").predictors["fbnet"]["provenance"]["suspect_samples"] == [6]
+    # the contract CLI says the same on stderr; its output file stays a plain list of predicted ms
+    archs = tmp_path / "archs.json"
+    archs.write_text(json.dumps([ds.arch(0), ds.arch(1)]))
+    out = tmp_path / "pred.json"
+    assert main(["predictor", "predict", "--space", "fbnet", "--calibration", str(cal), "--archs", str(archs),
+                 "--out", str(out)]) == 0
+    assert "samples #6 (" in capsys.readouterr().err and len(json.loads(out.read_text())) == 2
 
 
 def test_adapted_predictor_with_its_measured_basis_resists_one_corrupted_sample():
