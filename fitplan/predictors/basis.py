@@ -54,7 +54,7 @@ def fit_bma(s: np.ndarray, t: np.ndarray, hyper: BasisHyper,
     """Weights, intercepts and exponents of the per-source models from sample columns ``s [N, K]`` (log ms of
     the sources on the sample archs) and targets ``t [N]`` (log ms of the new device). ``weights`` (``[N]``,
     default 1) scale each sample's part in the fits and the likelihood: the additive posterior's outlier
-    weights (:meth:`~fitplan.predictors.meta.MetaPrior.sample_weights`), so that one disturbed run does not
+    weights (:meth:`~fitplan.predictors.meta.MetaPrior.posterior`), so that one disturbed run does not
     pick the source devices."""
     n, k = s.shape
     w_s = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)

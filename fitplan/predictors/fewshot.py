@@ -95,7 +95,8 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
 
     space, devices = ctx.prior.space, tuple(ctx.prior.devices)
     h = hyper or DEFAULT_BASIS[space]
-    base = method_ours(ctx)
+    table, weights = ctx.prior.posterior(ctx.x[ctx.idx], ctx.y_s)
+    base = ctx.x @ table
     if h.rho <= 0:
         return base
     key = (space, devices, ctx.x.shape)
@@ -103,7 +104,7 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
         _COLS.clear()
         _COLS[key] = source_columns(space, devices, ctx.x)[0]
     s = _COLS[key]
-    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, ctx.prior.sample_weights(ctx.x[ctx.idx], ctx.y_s))
+    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, weights)
     return np.exp(h.rho * bma_log_predict(s, w, a, b) + (1 - h.rho) * np.log(np.maximum(base, 1e-6)))
 
 

@@ -37,7 +37,7 @@ from fitplan.predictors.features import (
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
 from fitplan.predictors.basis import BasisHyper, available_devices, bma_log_predict, fit_bma, source_columns
 from fitplan.predictors.ensemble import ENSEMBLE_FORMAT, EnsemblePredictor
-from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table
+from fitplan.predictors.meta import HyperParams, MetaPrior, build_prior, fit_device_table, suspects
 from fitplan.predictors.samples import iter_samples
 
 if TYPE_CHECKING:
@@ -382,8 +382,8 @@ class LatencyPredictor:
         archs, y = parse_samples(self.space, samples)
         fp = np.array([_is_fp32(a) for a in archs])
         x = featurize(self.space, archs, validate=False)
-        table = self.prior.posterior_table(x[fp], y[fp])
-        basis = self._fit_basis(x[fp], y[fp], table)
+        table, weights = self.prior.posterior(x[fp], y[fp])
+        basis = self._fit_basis(x[fp], y[fp], weights)
         pred = AdaptedPredictor(self.space, table, basis=basis)._fp32_ms(x)
         effects: dict[str, float] = {}
         if (~fp).any():
@@ -404,17 +404,18 @@ class LatencyPredictor:
                 "basis_hyper": self.basis_hyper.to_dict(),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100),
                 # positions in the given samples: measurements the fit treated as disturbed runs
-                "suspect_samples": [int(i) for i in np.flatnonzero(fp)[self.prior.suspect_samples(x[fp], y[fp])]]}
+                "suspect_samples": [int(i) for i in np.flatnonzero(fp)[suspects(weights)]]}
         return AdaptedPredictor(self.space, table, device, len(archs), effects, prov, basis)
 
-    def _fit_basis(self, x: np.ndarray, y: np.ndarray, table: np.ndarray) -> dict[str, Any] | None:
-        """Measured-basis part from fp32 samples (``None`` when disabled or the sources have no shipped data)."""
+    def _fit_basis(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> dict[str, Any] | None:
+        """Measured-basis part from fp32 samples weighted as the posterior weighted them (``None`` when
+        disabled or the sources have no shipped data)."""
         h = self.basis_hyper
         devices = list(self.prior.devices)
         if h.rho <= 0 or len(y) < MIN_SAMPLES or not available_devices(self.space, devices):
             return None
         s, _ = source_columns(self.space, devices, x)
-        w, a, b = fit_bma(s, np.log(y), h, self.prior.sample_weights(x, y))
+        w, a, b = fit_bma(s, np.log(y), h, weights)
         keep = w >= _MIN_WEIGHT
         w = w[keep] / w[keep].sum()
         return {"devices": [d for d, k in zip(devices, keep) if k], "weights": [float(v) for v in w],

@@ -27,7 +27,7 @@ down-weighting, iterated). With fewer than ``robust_min_samples`` (4) samples it
 cannot tell an outlier from a device unlike the prior. Measured targets gain where devices are noisy (fbnet
 leave-one-device-out, N=10: essential_ph_1 0.668 -> 0.687, samsung_s7 0.693 -> 0.718), one sample measured
 2x too slow no longer wrecks the fit (``benchmarks/predictor_fewshot.py --corrupt 2``; the measured basis
-weights the samples alike, :meth:`MetaPrior.sample_weights`), and noise-free targets (``--target clean``)
+weights the samples alike, :meth:`MetaPrior.posterior`), and noise-free targets (``--target clean``)
 move by at most 0.003.
 
 Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
@@ -165,8 +165,9 @@ class MetaPrior:
             noise = noise * outlier_variance(prior_cov, noise, resid, h.clip)
         return u, xu, dd, prior_cov, noise, resid
 
-    def _solve(self, x: np.ndarray, t: np.ndarray, h: HyperParams) -> tuple[np.ndarray, float]:
-        """Posterior-mean normalised table and log marginal likelihood of normalised targets ``t``."""
+    def _solve(self, x: np.ndarray, t: np.ndarray, h: HyperParams) -> tuple[np.ndarray, float, np.ndarray]:
+        """Posterior-mean normalised table, log marginal likelihood of normalised targets ``t`` and the
+        per-sample weights (``1 /`` :func:`outlier_variance`)."""
         u, xu, dd, prior_cov, noise, resid = self._terms(x, t, h)
         k = prior_cov + np.diag(noise) + 1e-12 * np.eye(len(t))
         chol = np.linalg.cholesky(k)
@@ -174,24 +175,13 @@ class MetaPrior:
         alpha = np.linalg.solve(chol.T, z)
         table = self.mean + u @ (xu.T @ alpha) + dd * (x.T @ alpha)
         loglik = -0.5 * float(z @ z) - float(np.sum(np.log(np.diag(chol))))
-        return table, loglik
+        return table, loglik, (h.sigma_n ** 2) * t ** 2 / noise
 
-    def sample_weights(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None) -> np.ndarray:
-        """Per-sample weights in ``(0, 1]`` the posterior gives the samples (``1 / outlier_variance``): 1 = taken at
-        face value; other few-shot parts (the measured basis) weight the samples alike."""
-        h = hyper or self.hyper
-        t, _ = _normalised(y)
-        return (h.sigma_n ** 2) * t ** 2 / self._terms(x, t, h)[4]
-
-    def suspect_samples(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
-                        factor: float = 4.0) -> list[int]:
-        """Indices of the samples the posterior down-weights as outliers (noise variance raised more than
-        ``factor``-fold: leave-one-out residual beyond twice the clip), so a user can re-measure them."""
-        return [int(i) for i in np.flatnonzero(self.sample_weights(x, y, hyper) < 1.0 / factor)]
-
-    def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
-                        grid: Sequence[HyperParams] | None = None) -> np.ndarray:
-        """Posterior-mean table in milliseconds from ``N`` measured samples (features ``x [N,F]``, ``y`` ms).
+    def posterior(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
+                  grid: Sequence[HyperParams] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior-mean table in milliseconds from ``N`` measured samples (features ``x [N,F]``, ``y`` ms), and
+        the weights in ``(0, 1]`` it gave the samples (1 = taken at face value, less = down-weighted as an
+        outlier; other few-shot parts, the measured basis, weight the samples alike).
 
         The device scale is the geometric mean of ``y``; targets are divided by it so that the prior applies.
         With ``grid``, the hyper-parameters of this device are chosen among ``grid`` by marginal likelihood
@@ -199,9 +189,21 @@ class MetaPrior:
         """
         t, s = _normalised(y)
         if grid:
-            best = max((self._solve(x, t, h) for h in grid), key=lambda r: r[1])
-            return best[0] * s
-        return self._solve(x, t, hyper or self.hyper)[0] * s
+            table, _, weights = max((self._solve(x, t, h) for h in grid), key=lambda r: r[1])
+        else:
+            table, _, weights = self._solve(x, t, hyper or self.hyper)
+        return table * s, weights
+
+    def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
+                        grid: Sequence[HyperParams] | None = None) -> np.ndarray:
+        """The table of :meth:`posterior` alone."""
+        return self.posterior(x, y, hyper, grid)[0]
+
+
+def suspects(weights: np.ndarray, factor: float = 4.0) -> list[int]:
+    """Indices of the samples :meth:`MetaPrior.posterior` down-weighted as outliers (noise variance raised more
+    than ``factor``-fold: leave-one-out residual beyond twice the clip), so a user can re-measure them."""
+    return [int(i) for i in np.flatnonzero(np.asarray(weights) < 1.0 / factor)]
 
 
 def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequence[str], analytic: np.ndarray,
@@ -234,4 +236,5 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
                      hyper=hyper or HyperParams())
 
 
-__all__ = ["ANALYTIC_NAMES", "HyperParams", "MetaPrior", "build_prior", "fit_device_table", "outlier_variance"]
+__all__ = ["ANALYTIC_NAMES", "HyperParams", "MetaPrior", "build_prior", "fit_device_table", "outlier_variance",
+           "suspects"]
