@@ -90,13 +90,13 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
     """Additive posterior blended in log space with the Bayesian model average of rescaled source devices
     (:mod:`fitplan.predictors.basis`; the shipped adapt path: pool archs use the sources' measured latencies).
     ``hyper`` (a :class:`~fitplan.predictors.basis.BasisHyper`) defaults to the shipped per-space constants."""
-    from fitplan.predictors.basis import bma_log_predict, fit_bma, source_columns
+    from fitplan.predictors.basis import blend_share, bma_log_predict, fit_bma, source_columns
     from fitplan.predictors.latency import DEFAULT_BASIS
 
     space, devices = ctx.prior.space, tuple(ctx.prior.devices)
     h = hyper or DEFAULT_BASIS[space]
-    table, weights = ctx.prior.posterior(ctx.x[ctx.idx], ctx.y_s)
-    base = ctx.x @ table
+    post = ctx.prior.posterior(ctx.x[ctx.idx], ctx.y_s)
+    base = ctx.x @ post.table
     if h.rho <= 0:
         return base
     key = (space, devices, ctx.x.shape)
@@ -104,8 +104,9 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
         _COLS.clear()
         _COLS[key] = source_columns(space, devices, ctx.x)[0]
     s = _COLS[key]
-    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, weights)
-    return np.exp(h.rho * bma_log_predict(s, w, a, b) + (1 - h.rho) * np.log(np.maximum(base, 1e-6)))
+    w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, post.weights, post.loo_log_resid)
+    w, rho = blend_share(w, h.rho)
+    return np.exp(rho * bma_log_predict(s, w, a, b) + (1 - rho) * np.log(np.maximum(base, 1e-6)))
 
 
 def method_flops(ctx: Context) -> np.ndarray:

@@ -5,16 +5,22 @@ Model. A device is a cost table ``c`` over the layer-choice features of :mod:`fi
 prediction over the space's reference pool of architectures is 1. Across devices, normalised tables are
 modelled as Gaussian::
 
-    c ~ N(μ, Σ),   Σ = γ² · Cov(source tables) + σ_a² · A Aᵀ + σ_b² · e eᵀ + τ² · diag(d²)
+    c ~ N(μ, Σ),   Σ = γ² · Cov(source tables) + A diag(σ_A²) Aᵀ + σ_b² · e eᵀ + τ² · diag(d²)
 
 * ``μ``, ``Cov`` — mean and covariance of the source devices' normalised tables (each fitted on that device's
   5000 measured archs, relative-error ridge). This is what is *meta-learned* from the source devices.
 * ``A`` — analytic cost tables (MACs, depthwise MACs, params, activation traffic, kernel launches), so that
-  devices unlike every source device (ASIC/FPGA simulators, edge TPUs) stay expressible.
+  devices unlike every source device (ASIC/FPGA simulators, edge TPUs) stay expressible. The two tables that
+  bound a cost model at the ends of the roofline (:data:`BOUND_TABLES`: MACs for a compute-bound device,
+  kernel launches for one bound by fixed per-kernel overhead) get their own, wide scale ``σ_r``; the others
+  ``σ_a``. Why: with one common scale, a device of a class no source belongs to (a batch-1 GPU whose table
+  is nearly flat, ~0.4 per layer, when only CPUs and phones are sources) was shrunk back toward the sources'
+  MAC-heavy mean; a wide ``σ_r`` lets ten samples move the table to either end (fbnet leave-one-class-out,
+  noise-free targets, meta model alone, N=10: 0.912 -> 0.949; same-class devices unchanged).
 * ``e`` — the constant feature (fixed per-inference overhead); ``d`` — typical magnitude per feature, giving a
   free per-layer residual correction when the samples ask for it. ``G`` — per-layer / per-op group
   directions (tuned to σ_g = 0: with 10 samples they cost more than they help; kept for larger N).
-* ``γ, σ_a, σ_b, τ`` and the relative noise ``σ_n`` are hyper-parameters chosen on meta-validation devices
+* ``γ, σ_a, σ_r, σ_b, τ`` and the relative noise ``σ_n`` are hyper-parameters chosen on meta-validation devices
   (``benchmarks/predictor_fewshot.py --tune``), not on the devices that are reported as held out.
 
 Outliers. Real measurements are not Gaussian around the cost table: phones switch frequency between runs
@@ -36,11 +42,16 @@ milliseconds and the result is again a plain table: prediction is one matrix-vec
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from fitplan.predictors.features import ANALYTIC_NAMES
+
+
+#: Analytic tables at the two ends of the roofline (compute bound, per-kernel overhead bound); their prior scale
+#: is ``HyperParams.sigma_r`` (module docstring).
+BOUND_TABLES = ("macs", "kernels")
 
 
 @dataclass
@@ -54,6 +65,7 @@ class HyperParams:
 
     gamma: float = 1.0
     sigma_a: float = 0.3
+    sigma_r: float | None = None  # scale of BOUND_TABLES; None: sigma_a (states written before it existed)
     sigma_b: float = 0.3
     tau: float = 0.1
     sigma_n: float = 0.03
@@ -61,8 +73,14 @@ class HyperParams:
     clip: float = 2.0
     robust_min_samples: int = 4
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def analytic_scales(self) -> np.ndarray:
+        """Prior scale of each analytic table, in :data:`ANALYTIC_NAMES` order: ``sigma_r`` for
+        :data:`BOUND_TABLES`, ``sigma_a`` for the rest."""
+        sr = self.sigma_a if self.sigma_r is None else self.sigma_r
+        return np.array([sr if n in BOUND_TABLES else self.sigma_a for n in ANALYTIC_NAMES])
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HyperParams":
@@ -103,6 +121,14 @@ def _normalised(y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
     y = np.asarray(y, dtype=np.float64)
     s = float(np.exp(np.mean(np.log(y))))
     return y / s, s
+
+
+class Posterior(NamedTuple):
+    """Few-shot posterior of :meth:`MetaPrior.posterior`."""
+
+    table: np.ndarray  #: posterior-mean cost table in milliseconds [F]
+    weights: np.ndarray  #: per-sample weights in (0, 1]: 1 = taken at face value, less = down-weighted outlier
+    loo_log_resid: np.ndarray  #: log(y_i) - log(prediction of y_i from the other samples), per sample
 
 
 def fit_device_table(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -149,8 +175,8 @@ class MetaPrior:
         h = hyper or self.hyper
         const = np.zeros((self.n_features, 1))
         const[-1, 0] = 1.0
-        return np.concatenate([h.gamma * self.source_factors, h.sigma_a * self.analytic, h.sigma_b * const,
-                               h.sigma_g * self.groups], 1)
+        return np.concatenate([h.gamma * self.source_factors, self.analytic * h.analytic_scales(),
+                               h.sigma_b * const, h.sigma_g * self.groups], 1)
 
     def _terms(self, x: np.ndarray, t: np.ndarray, h: HyperParams):
         """Prior factor, its sample projection, residual diagonal, prior covariance of the samples, their
@@ -165,9 +191,10 @@ class MetaPrior:
             noise = noise * outlier_variance(prior_cov, noise, resid, h.clip)
         return u, xu, dd, prior_cov, noise, resid
 
-    def _solve(self, x: np.ndarray, t: np.ndarray, h: HyperParams) -> tuple[np.ndarray, float, np.ndarray]:
-        """Posterior-mean normalised table, log marginal likelihood of normalised targets ``t`` and the
-        per-sample weights (``1 /`` :func:`outlier_variance`)."""
+    def _solve(self, x: np.ndarray, t: np.ndarray, h: HyperParams) -> tuple[float, Posterior]:
+        """Log marginal likelihood of normalised targets ``t`` and the posterior in normalised units: table,
+        per-sample weights (``1 /`` :func:`outlier_variance`) and leave-one-out log residuals (closed form:
+        the other samples' prediction of ``t_i`` is ``t_i - (K⁻¹r)_i / (K⁻¹)_ii``)."""
         u, xu, dd, prior_cov, noise, resid = self._terms(x, t, h)
         k = prior_cov + np.diag(noise) + 1e-12 * np.eye(len(t))
         chol = np.linalg.cholesky(k)
@@ -175,13 +202,18 @@ class MetaPrior:
         alpha = np.linalg.solve(chol.T, z)
         table = self.mean + u @ (xu.T @ alpha) + dd * (x.T @ alpha)
         loglik = -0.5 * float(z @ z) - float(np.sum(np.log(np.diag(chol))))
-        return table, loglik, (h.sigma_n ** 2) * t ** 2 / noise
+        linv = np.linalg.inv(chol)
+        t_loo = t - alpha / np.sum(linv ** 2, axis=0)
+        loo = np.log(t) - np.log(np.maximum(t_loo, 1e-3 * t))
+        return loglik, Posterior(table, (h.sigma_n ** 2) * t ** 2 / noise, loo)
 
     def posterior(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
-                  grid: Sequence[HyperParams] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior-mean table in milliseconds from ``N`` measured samples (features ``x [N,F]``, ``y`` ms), and
-        the weights in ``(0, 1]`` it gave the samples (1 = taken at face value, less = down-weighted as an
-        outlier; other few-shot parts, the measured basis, weight the samples alike).
+                  grid: Sequence[HyperParams] | None = None) -> Posterior:
+        """Posterior from ``N`` measured samples (features ``x [N,F]``, ``y`` ms): the posterior-mean table in
+        milliseconds, the weights in ``(0, 1]`` it gave the samples (1 = taken at face value, less =
+        down-weighted as an outlier; the measured basis weights the samples alike) and its leave-one-out log
+        residuals (how well the additive model alone predicts each sample; the measured basis competes
+        against it).
 
         The device scale is the geometric mean of ``y``; targets are divided by it so that the prior applies.
         With ``grid``, the hyper-parameters of this device are chosen among ``grid`` by marginal likelihood
@@ -189,10 +221,10 @@ class MetaPrior:
         """
         t, s = _normalised(y)
         if grid:
-            table, _, weights = max((self._solve(x, t, h) for h in grid), key=lambda r: r[1])
+            _, post = max((self._solve(x, t, h) for h in grid), key=lambda r: r[0])
         else:
-            table, _, weights = self._solve(x, t, hyper or self.hyper)
-        return table * s, weights
+            _, post = self._solve(x, t, hyper or self.hyper)
+        return post._replace(table=post.table * s)
 
     def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
                         grid: Sequence[HyperParams] | None = None) -> np.ndarray:
@@ -236,5 +268,5 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
                      hyper=hyper or HyperParams())
 
 
-__all__ = ["ANALYTIC_NAMES", "HyperParams", "MetaPrior", "build_prior", "fit_device_table", "outlier_variance",
-           "suspects"]
+__all__ = ["ANALYTIC_NAMES", "BOUND_TABLES", "HyperParams", "MetaPrior", "Posterior", "build_prior",
+           "fit_device_table", "outlier_variance", "suspects"]

@@ -77,20 +77,23 @@ def test_select_model_keeps_the_default_unless_clearly_beaten():
 
 
 def test_calibration_averages_on_a_device_unlike_every_source():
-    """titanx_1 with a prior built from CPUs and phones only (no GPU source): the samples choose the average,
-    and it ranks the held-out archs better than the meta model alone."""
+    """essential_ph_1 with a prior built from GPUs and CPUs only (no phone source; its latency follows MACs
+    more than those sources say): the samples choose the average of the meta and analytic models, and it
+    ranks the held-out archs better than the meta model alone."""
     ds = load_latency_dataset("fbnet")
-    base = LatencyPredictor.meta_train("fbnet", devices=source_devices(list(ds.devices), "titanx_1", "loco"))
-    samples, idx = _samples("titanx_1", seed=1)
-    pred = calibrate_predictor("fbnet", samples, device="titanx_1", base=base)
+    dev = "essential_ph_1"
+    base = LatencyPredictor.meta_train("fbnet", devices=source_devices(list(ds.devices), dev, "loco"))
+    samples, idx = _samples(dev, seed=1)
+    pred = calibrate_predictor("fbnet", samples, device=dev, base=base)
     sel = pred.provenance["selected_by"]
     assert sel["chosen"] == "ensemble" and isinstance(pred, EnsemblePredictor)
     assert set(sel["cv_mean_ape_pct"]) == {"meta", "analytic", "ensemble"}
     rest = np.setdiff1d(np.arange(len(ds)), idx)[:1500]
-    archs, y = [ds.arch(int(i)) for i in rest], ds.device("titanx_1")[rest]
-    meta = calibrate_predictor("fbnet", samples, device="titanx_1", method="meta", base=base)
-    assert spearmanr(pred.predict(archs), y)[0] > spearmanr(meta.predict(archs), y)[0] + 0.02
-    assert np.median(np.abs(pred.predict(archs) / y - 1)) < 0.05
+    archs, y = [ds.arch(int(i)) for i in rest], ds.device(dev)[rest]
+    meta = calibrate_predictor("fbnet", samples, device=dev, method="meta", base=base)
+    assert spearmanr(pred.predict(archs), y)[0] > spearmanr(meta.predict(archs), y)[0] + 0.05
+    # the phone logs whole milliseconds and switches frequency states: ~10 % is its noise level
+    assert np.median(np.abs(pred.predict(archs) / y - 1)) < np.median(np.abs(meta.predict(archs) / y - 1))
 
 
 def test_cli_method_option(tmp_path, capsys):

@@ -15,7 +15,7 @@ from fitplan.errors import ConfigError
 from fitplan.hw_profiles.latency_data import load_latency_dataset
 from fitplan.predictors import (AdaptedPredictor, LatencyPredictor, calibrate_profile, load_profile_predictor,
                                 predictor_for_device)
-from fitplan.predictors.latency import shipped_prior_path
+from fitplan.predictors.latency import DEFAULT_BASIS, shipped_prior_path
 
 
 def _samples(space: str, device: str, n: int = 10, seed: int = 0):
@@ -164,6 +164,23 @@ def test_measured_basis_helps_held_out_device():
         assert np.median(np.abs(p - y[rest]) / y[rest]) < 0.05
         gains.append(spearmanr(p, y[rest])[0] - spearmanr(p0, y[rest])[0])
     assert np.mean(gains) > 0.008
+
+
+def test_measured_basis_steps_aside_without_a_similar_source():
+    """The additive posterior competes with the rescaled sources in the average: with no GPU among the sources
+    a batch-1 GPU gets no basis part (the best CPU or phone, rescaled, explains its samples worse than the
+    posterior does), while a CPU with its sibling CPU as a source keeps one."""
+    from fitplan.predictors.fewshot import source_devices
+
+    ds = load_latency_dataset("fbnet")
+    for dev, protocol, seed, has_basis in [("titanx_1", "loco", 0, False), ("silver_4114", "lodo", 1, True)]:
+        pred = LatencyPredictor.meta_train("fbnet", devices=source_devices(list(ds.devices), dev, protocol))
+        samples, _ = _samples("fbnet", dev, seed=seed)
+        ad = pred.adapt(samples, device=dev)
+        assert (ad.basis is not None) == has_basis, dev
+        if has_basis:
+            assert 0 < ad.basis["rho"] <= DEFAULT_BASIS["fbnet"].rho
+            assert "silver_4210r" in ad.basis["devices"]
 
 
 def test_measured_basis_pool_lookup_and_fallback():

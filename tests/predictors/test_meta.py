@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from scipy.stats import spearmanr
 
 from fitplan.hw_profiles.latency_data import load_latency_dataset
 from fitplan.predictors import LatencyPredictor
 from fitplan.predictors.features import dataset_features
-from fitplan.predictors.meta import HyperParams, outlier_variance
+from fitplan.predictors.meta import ANALYTIC_NAMES, BOUND_TABLES, HyperParams, _normalised, outlier_variance
 
 
 def test_outlier_variance_raises_only_the_outlier():
@@ -69,6 +70,32 @@ def test_hyper_params_state_keeps_defaults_and_ignores_unknown_keys():
     old = {"gamma": 2.0, "sigma_a": 0.3, "sigma_b": 0.3, "tau": 0.1, "sigma_n": 0.03, "sigma_g": 0.0}
     assert HyperParams.from_dict(old).clip == HyperParams().clip
     assert HyperParams.from_dict({**old, "from_a_later_version": 1}).gamma == 2.0
+
+
+def test_bound_tables_get_their_own_scale_and_old_states_one_common_scale():
+    h = HyperParams(sigma_a=0.1, sigma_r=1.0)
+    scales = dict(zip(ANALYTIC_NAMES, h.analytic_scales()))
+    assert set(BOUND_TABLES) < set(ANALYTIC_NAMES)
+    assert all(scales[n] == (1.0 if n in BOUND_TABLES else 0.1) for n in ANALYTIC_NAMES)
+    old = {"gamma": 2.0, "sigma_a": 0.3, "sigma_b": 0.3, "tau": 0.1, "sigma_n": 0.03, "sigma_g": 0.0}
+    np.testing.assert_array_equal(HyperParams.from_dict(old).analytic_scales(), 0.3)
+    assert HyperParams.from_dict(h.to_dict()) == h
+
+
+def test_leave_one_out_residuals_are_the_refit_without_each_sample():
+    """The closed-form leave-one-out residuals of the posterior (what the measured basis competes against)
+    equal refitting on the other samples, at the same device scale and sample weights."""
+    prior, x, y, idx, _ = _held_out("fbnet", "samsung_a50", 8)
+    h = dataclasses.replace(prior.hyper, clip=0.0)
+    t, _ = _normalised(y[idx])
+    _, post = prior._solve(x[idx], t, h)
+    for i in range(len(idx)):
+        keep = np.arange(len(idx)) != i
+        _, others = prior._solve(x[idx][keep], t[keep], h)
+        assert post.loo_log_resid[i] == pytest.approx(np.log(t[i] / (x[idx][i] @ others.table)), abs=1e-6)
+    full = prior.posterior(x[idx], y[idx], h)
+    np.testing.assert_allclose(full.loo_log_resid, post.loo_log_resid)
+    assert np.all(np.abs(full.loo_log_resid) < 0.2)  # a phone the prior knows: each sample predicted within 20 %
 
 
 def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys):
