@@ -36,12 +36,22 @@ leave-one-device-out, N=10: essential_ph_1 0.668 -> 0.687, samsung_s7 0.693 -> 0
 weights the samples alike, :meth:`MetaPrior.posterior`), and noise-free targets (``--target clean``)
 move by at most 0.003.
 
+Wide. The meta-train devices are GPUs, CPUs and phones, and on them narrow scales for the analytic tables
+other than :data:`BOUND_TABLES` score best. An accelerator (HELP's Eyeriss and FPGA are held out) can be
+driven by exactly those tables -- depthwise convolutions mapped badly onto a PE array, weight or activation
+traffic -- which no source shows. So each device's posterior chooses, by marginal likelihood, between the
+tuned scales and all analytic tables at ``sigma_wide`` (:meth:`HyperParams.candidates`). On the real devices
+this changes nothing measurable (fbnet, every protocol and target, N=5/10/20: within 0.001); on synthetic
+accelerators (``benchmarks/predictor_synthetic.py``: per-convolution roofline with PE-array tiling,
+depthwise inefficiency and per-convolution overhead) it takes the meta model from 0.945 to 0.972 mean
+Spearman at N=10.
+
 Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
 milliseconds and the result is again a plain table: prediction is one matrix-vector product.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -66,6 +76,7 @@ class HyperParams:
     gamma: float = 1.0
     sigma_a: float = 0.3
     sigma_r: float | None = None  # scale of BOUND_TABLES; None: sigma_a (states written before it existed)
+    sigma_wide: float = 0.0  # > 0: each device may choose every analytic table at this scale instead (see below)
     sigma_b: float = 0.3
     tau: float = 0.1
     sigma_n: float = 0.03
@@ -75,6 +86,13 @@ class HyperParams:
 
     def to_dict(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def candidates(self) -> list["HyperParams"]:
+        """The hyper-parameters a device's posterior chooses among by marginal likelihood: these, and with
+        ``sigma_wide`` > 0 the same with every analytic table at ``sigma_wide`` (module docstring, "Wide")."""
+        if self.sigma_wide <= 0:
+            return [self]
+        return [self, replace(self, sigma_a=self.sigma_wide, sigma_r=self.sigma_wide)]
 
     def analytic_scales(self) -> np.ndarray:
         """Prior scale of each analytic table, in :data:`ANALYTIC_NAMES` order: ``sigma_r`` for
@@ -216,14 +234,13 @@ class MetaPrior:
         against it).
 
         The device scale is the geometric mean of ``y``; targets are divided by it so that the prior applies.
-        With ``grid``, the hyper-parameters of this device are chosen among ``grid`` by marginal likelihood
-        (empirical Bayes: a device unlike the sources asks for a wider prior on its own).
+        The hyper-parameters of this device are chosen by marginal likelihood among ``grid``, by default
+        among ``hyper.candidates()`` (empirical Bayes: a device unlike the sources asks for a wider prior on its
+        own).
         """
         t, s = _normalised(y)
-        if grid:
-            _, post = max((self._solve(x, t, h) for h in grid), key=lambda r: r[0])
-        else:
-            _, post = self._solve(x, t, hyper or self.hyper)
+        grid = grid or (hyper or self.hyper).candidates()
+        _, post = max((self._solve(x, t, h) for h in grid), key=lambda r: r[0])
         return post._replace(table=post.table * s)
 
     def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,

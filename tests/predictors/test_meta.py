@@ -86,7 +86,7 @@ def test_leave_one_out_residuals_are_the_refit_without_each_sample():
     """The closed-form leave-one-out residuals of the posterior (what the measured basis competes against)
     equal refitting on the other samples, at the same device scale and sample weights."""
     prior, x, y, idx, _ = _held_out("fbnet", "samsung_a50", 8)
-    h = dataclasses.replace(prior.hyper, clip=0.0)
+    h = dataclasses.replace(prior.hyper, clip=0.0, sigma_wide=0.0)
     t, _ = _normalised(y[idx])
     _, post = prior._solve(x[idx], t, h)
     for i in range(len(idx)):
@@ -96,6 +96,33 @@ def test_leave_one_out_residuals_are_the_refit_without_each_sample():
     full = prior.posterior(x[idx], y[idx], h)
     np.testing.assert_allclose(full.loo_log_resid, post.loo_log_resid)
     assert np.all(np.abs(full.loo_log_resid) < 0.2)  # a phone the prior knows: each sample predicted within 20 %
+
+
+def test_a_device_unlike_every_source_chooses_the_wide_analytic_prior():
+    """A weight-streaming accelerator (latency ~ parameters moved, unlike every source device): its evidence
+    picks the wide analytic candidate, which ranks it far better than the tuned scales alone; a real device
+    the sources resemble keeps the tuned prior (identical table)."""
+    from fitplan.predictors.features import space_features
+
+    prior = LatencyPredictor.for_space("fbnet").prior
+    assert prior.hyper.sigma_wide > 0
+    narrow = dataclasses.replace(prior.hyper, sigma_wide=0.0)
+    x = dataset_features("fbnet")
+    an = space_features("fbnet").analytic
+    table = an[ANALYTIC_NAMES.index("params")] / an[ANALYTIC_NAMES.index("params")].max()
+    table = table + 0.02 * (an[ANALYTIC_NAMES.index("kernels")] > 0)
+    table[-1] = 0.5
+    y = x @ table
+    for seed in (0, 1):
+        idx = np.random.default_rng(seed).choice(len(y), 10, replace=False)
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        wide = spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx]), y[rest])[0]
+        tuned = spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx], narrow), y[rest])[0]
+        assert wide > tuned + 0.03 and wide > 0.98, (seed, wide, tuned)
+    prior, x, y, idx, _ = _held_out("fbnet", "gold_6240", 10)
+    np.testing.assert_array_equal(prior.posterior_table(x[idx], y[idx]),
+                                  prior.posterior_table(x[idx], y[idx], dataclasses.replace(prior.hyper,
+                                                                                            sigma_wide=0.0)))
 
 
 def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys):
