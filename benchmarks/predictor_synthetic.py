@@ -9,9 +9,11 @@ per-convolution overhead ``o`` and PE-array tiling utilisation ``u = util(c_in, 
 (``util(c, T) = c / (ceil(c/T)·T)``). These latencies are *generated*, not measured: the figures say how the
 prior's structure copes with a device class it has never seen, not what a real accelerator would give.
 
-Columns: the meta posterior with the shipped hyper-parameters (each device choosing between the tuned
-analytic scales and ``sigma_wide``), the same without the wide candidate, the single common analytic scale
-used before the roofline-bound scales, and the FLOPs proxy. Sources: all 13 fbnet devices (the shipped prior).
+Columns: ``auto`` and ``ours+basis`` as in ``benchmarks/predictor_fewshot.py`` (what a calibration does by
+default, and the meta model with its measured basis); the meta posterior alone with the shipped
+hyper-parameters (each device choosing between the tuned analytic scales and ``sigma_wide``), the same
+without the wide candidate, the single common analytic scale used before the roofline-bound scales, and the
+FLOPs proxy. Sources: all 13 fbnet devices (the shipped prior).
 
     python benchmarks/predictor_synthetic.py [--devices 30] [--draws 5] [--n 5 10 20]
 """
@@ -26,9 +28,10 @@ from dataclasses import replace
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from fitplan.predictors import features as F  # noqa: E402
-from fitplan.predictors.fewshot import metrics  # noqa: E402
+from fitplan.predictors.fewshot import METHODS, Context, metrics  # noqa: E402
 from fitplan.predictors.latency import DEFAULT_HYPER  # noqa: E402
 from fitplan.predictors.meta import build_prior  # noqa: E402
 
@@ -93,7 +96,7 @@ def main() -> None:
     convs = fbnet_convs()
     rng = np.random.default_rng(0)
     tables = [synthetic_table(rng, x.shape[1], convs) for _ in range(args.devices)]
-    cols = [*variants, "flops"]
+    cols = ["auto", "ours+basis", *variants, "flops"]
     print(f"## synthetic accelerators (fbnet space, {args.devices} devices x {args.draws} draws; generated "
           "latencies, not measurements)")
     print("metrics per cell: mean Spearman / median APE % (min device Spearman)\n")
@@ -101,7 +104,7 @@ def main() -> None:
     print("|---|" + "---|" * len(cols))
     for n in args.n:
         acc: dict[str, list[list[float]]] = {c: [] for c in cols}
-        for t in tables:
+        for t in tqdm(tables, desc=f"N={n}", leave=False):
             y = x @ t
             per: dict[str, list[tuple[float, float]]] = {c: [] for c in cols}
             for d in range(args.draws):
@@ -110,6 +113,10 @@ def main() -> None:
                 mask[idx] = False
                 for k, p in priors.items():
                     m = metrics(x[mask] @ p.posterior(x[idx], y[idx]).table, y[mask])
+                    per[k].append((m["spearman"], m["mape"]))
+                for k in ("auto", "ours+basis"):
+                    ctx = Context(x, idx, y[idx], priors["shipped"], ds.latency_ms, macs)
+                    m = metrics(METHODS[k](ctx)[mask], y[mask])
                     per[k].append((m["spearman"], m["mape"]))
                 w = np.linalg.lstsq(np.c_[np.ones(n), macs[idx]], y[idx], rcond=None)[0]
                 m = metrics(w[0] + w[1] * macs[mask], y[mask])

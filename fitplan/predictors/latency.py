@@ -413,6 +413,8 @@ class LatencyPredictor:
         prov = {"method": method,
                 "space": self.space, "source_devices": list(self.prior.devices), "n_fp32_samples": int(fp.sum()),
                 "n_compressed_samples": int((~fp).sum()), "hyper": self.prior.hyper.to_dict(),
+                # the prior the samples' evidence chose: the tuned one, or every analytic table wide (meta)
+                "analytic_prior": "wide" if post.candidate else "tuned",
                 "basis_hyper": self.basis_hyper.to_dict(),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100),
                 # positions in the given samples: measurements the fit treated as disturbed runs

@@ -147,6 +147,7 @@ class Posterior(NamedTuple):
     table: np.ndarray  #: posterior-mean cost table in milliseconds [F]
     weights: np.ndarray  #: per-sample weights in (0, 1]: 1 = taken at face value, less = down-weighted outlier
     loo_log_resid: np.ndarray  #: log(y_i) - log(prediction of y_i from the other samples), per sample
+    candidate: int = 0  #: which hyper-parameter candidate the evidence chose (0: as given; 1: wide analytic)
 
 
 def fit_device_table(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -240,8 +241,9 @@ class MetaPrior:
         """
         t, s = _normalised(y)
         grid = grid or (hyper or self.hyper).candidates()
-        _, post = max((self._solve(x, t, h) for h in grid), key=lambda r: r[0])
-        return post._replace(table=post.table * s)
+        fits = [self._solve(x, t, h) for h in grid]
+        best = max(range(len(fits)), key=lambda i: fits[i][0])
+        return fits[best][1]._replace(table=fits[best][1].table * s, candidate=best)
 
     def posterior_table(self, x: np.ndarray, y: np.ndarray, hyper: HyperParams | None = None,
                         grid: Sequence[HyperParams] | None = None) -> np.ndarray:

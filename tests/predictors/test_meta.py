@@ -119,7 +119,12 @@ def test_a_device_unlike_every_source_chooses_the_wide_analytic_prior():
         wide = spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx]), y[rest])[0]
         tuned = spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx], narrow), y[rest])[0]
         assert wide > tuned + 0.03 and wide > 0.98, (seed, wide, tuned)
+        assert prior.posterior(x[idx], y[idx]).candidate == 1
+    ds = load_latency_dataset("fbnet")
+    samples = [{"arch": ds.arch(int(i)), "latency_ms": float(y[i])} for i in idx]
+    assert LatencyPredictor.for_space("fbnet").adapt(samples).provenance["analytic_prior"] == "wide"
     prior, x, y, idx, _ = _held_out("fbnet", "gold_6240", 10)
+    assert prior.posterior(x[idx], y[idx]).candidate == 0
     np.testing.assert_array_equal(prior.posterior_table(x[idx], y[idx]),
                                   prior.posterior_table(x[idx], y[idx], dataclasses.replace(prior.hyper,
                                                                                             sigma_wide=0.0)))
