@@ -173,11 +173,14 @@ def method_auto(ctx: Context) -> np.ndarray:
     where the space has one) unless the plain analytic fit cross-validates better by more than one standard
     error; then (the samples are uncompressed) the meta-learned model (``ours+basis``) unless that analytic
     model or the log-space average of the two has a leave-one-out (at most 10 folds) relative error lower by
-    more than one standard error (:func:`~fitplan.predictors.latency.select_model`)."""
+    more than one standard error (:func:`~fitplan.predictors.latency.select_model`); with fewer than
+    :data:`~fitplan.predictors.latency.MIN_SELECT_SAMPLES` samples the meta model."""
     from fitplan.predictors.analytic import loo_relative_errors, prefer_prior, source_prior
     from fitplan.predictors.ensemble import log_average
-    from fitplan.predictors.latency import select_model
+    from fitplan.predictors.latency import MIN_SELECT_SAMPLES, select_model
 
+    if len(ctx.idx) < MIN_SELECT_SAMPLES:
+        return method_ours_basis(ctx)
     space = ctx.prior.space
     src = source_prior(space)
     priors = {"analytic": None} | ({"analytic+prior": src} if src is not None else {})

@@ -53,6 +53,12 @@ FEATURE_VERSION = 1
 #: fewest fp32 calibration samples accepted (the posterior is defined for any N>=1; below 3 the scale and
 #: one shape direction are all it can learn, so we refuse rather than mislead).
 MIN_SAMPLES = 3
+#: fewest uncompressed calibration samples with which ``auto`` lets cross-validation replace the meta model:
+#: with fewer, leave-one-out folds of 4-6 samples chose worse models more often than better ones (fbnet, N=5
+#: / 6 random, 5 draws, auto vs the meta model: leave-one-device-out measured 0.900 / 0.882 vs 0.906 / 0.885,
+#: leave-one-class-out noise-free 0.899 / 0.898 vs 0.906 / 0.910, synthetic accelerators N=5 0.891 vs 0.925;
+#: at N=8 the means are within 0.006 and the choice lifts the worst device, 0.581 -> 0.653).
+MIN_SELECT_SAMPLES = 8
 
 #: Hyper-parameters chosen by random search on HELP's meta-train devices only (leave-one-device-out and
 #: leave-one-class/family-out within meta-train, measured and noise-free targets, N=10); the meta-valid
@@ -552,7 +558,8 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     is the meta model for uncompressed samples (HELP's setting) and the analytic one when compressed configs
     were measured; another wins only if it cross-validates better by more than one standard error (with 5
     samples the plain lower mean picked the worse model often enough to lose 0.01 Spearman on the LODO
-    benchmark). Spaces without a meta prior use ``analytic``
+    benchmark); with fewer than :data:`MIN_SELECT_SAMPLES` uncompressed samples the meta model is kept without
+    a choice (the rule still lost there). Spaces without a meta prior use ``analytic``
     (:func:`~fitplan.predictors.analytic.fit_with_source_prior`, the same rule). The choice and the errors are
     in ``provenance["selected_by"]``. ``base``: the meta-trained predictor (default: the one shipped for
     ``space``).
@@ -600,7 +607,10 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
     # standard error (with 5-10 samples the lower CV mean alone picked the worse model often enough to lose
     # on average)
     cands = ["meta", best_analytic] + ([] if compressed else ["ensemble"])
-    pick = select_model({k: errs[k] for k in cands}, default=best_analytic if compressed else "meta")
+    if compressed or len(items) >= MIN_SELECT_SAMPLES:
+        pick = select_model({k: errs[k] for k in cands}, default=best_analytic if compressed else "meta")
+    else:  # too few uncompressed samples for the cross-validated choice to beat the default
+        pick = "meta" if np.isfinite(np.mean(errs["meta"])) else best_analytic
     try:  # milliseconds; also names the suspect samples
         meta = base.adapt(items, device=device)
     except ConfigError:  # e.g. too few fp32 samples: the meta model was not a candidate (infinite CV error)
@@ -616,7 +626,9 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
                                               "then, for uncompressed samples the meta model and for samples with "
                                               "compressed configs the analytic one, unless another candidate "
                                               "(for uncompressed samples also the ensemble of the two) is better "
-                                              "by more than one standard error (then the lowest mean of those)",
+                                              "by more than one standard error (then the lowest mean of those); "
+                                              f"with fewer than {MIN_SELECT_SAMPLES} uncompressed samples the "
+                                              "meta model",
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
     pred.provenance.setdefault("suspect_samples", meta.provenance.get("suspect_samples", []) if meta else [])
@@ -683,5 +695,5 @@ def load_profile_predictor(state: Mapping[str, Any]) -> "AdaptedPredictor | Cost
 
 
 __all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "CALIBRATION_METHODS", "DEFAULT_HYPER", "LatencyPredictor",
-           "MIN_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares", "load_profile_predictor",
-           "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path", "suspect_note"]
+           "MIN_SAMPLES", "MIN_SELECT_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares",
+           "load_profile_predictor", "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path", "suspect_note"]

@@ -76,6 +76,22 @@ def test_select_model_keeps_the_default_unless_clearly_beaten():
     assert select_model({"meta": meta, "ensemble": np.full(10, np.inf)}, default="meta") == "meta"
 
 
+def test_calibration_with_few_samples_keeps_the_meta_model():
+    """Below MIN_SELECT_SAMPLES uncompressed samples the cross-validated choice is not made (it lost on
+    average there): essential_ph_1, whose ten samples choose the analytic model, keeps the meta model with
+    five; the errors are still reported."""
+    from fitplan.predictors.latency import MIN_SELECT_SAMPLES
+
+    samples, _ = _samples("essential_ph_1", seed=0)
+    assert calibrate_predictor("fbnet", samples).provenance["selected_by"]["chosen"] == "analytic"
+    few = samples[:5]
+    assert len(few) < MIN_SELECT_SAMPLES
+    pred = calibrate_predictor("fbnet", few)
+    sel = pred.provenance["selected_by"]
+    assert sel["chosen"] == "meta" and isinstance(pred, AdaptedPredictor)
+    assert set(sel["cv_mean_ape_pct"]) == {"meta", "analytic", "ensemble"}
+
+
 def test_calibration_averages_on_a_device_unlike_every_source():
     """essential_ph_1 with a prior built from GPUs and CPUs only (no phone source; its latency follows MACs
     more than those sources say): the samples choose the average of the meta and analytic models, and it
