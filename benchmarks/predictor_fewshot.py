@@ -19,16 +19,18 @@ over the 13 fbnet devices, ``auto`` vs ``ours+basis``, N=5 / 10 / 20 / HELP's 10
 below ``MIN_SELECT_SAMPLES``, ``auto`` is ``ours+basis``): LODO 0.906 / 0.916 / 0.928 / 0.922 vs 0.906 / 0.914 /
 0.927 / 0.922; LOCO 0.836 / 0.875 / 0.898 / 0.878 vs 0.836 / 0.879 / 0.898 / 0.879; noise-free targets LODO
 0.977 / 0.987 / 0.992 / 0.988, LOCO 0.906 / 0.945 / 0.963 / 0.942 (vs 0.906 / 0.950 / 0.963 / 0.942); ofa_mbv3
-LODO 0.899 / 0.906 / 0.908 / 0.909, noise-free 0.986 / 0.988 / 0.991 / 0.991. Before the roofline-bound prior scales and the posterior competing in the
-measured-basis average (docs/DEVELOPING.md) ``auto`` was: fbnet LODO 0.894 / 0.915 / 0.928 / 0.921, LOCO
-0.804 / 0.855 / 0.875 / 0.845, noise-free LODO 0.971 / 0.987 / 0.992 / 0.986, LOCO 0.868 / 0.921 / 0.940 /
-0.912; ofa_mbv3 LODO 0.894 / 0.906 / 0.906 / 0.909, noise-free 0.981 / 0.987 / 0.989 / 0.990.
+LODO 0.899 / 0.906 / 0.908 / 0.909, noise-free 0.986 / 0.988 / 0.991 / 0.991. Before the roofline-bound prior
+scales and the posterior competing in the measured-basis average (docs/DEVELOPING.md) ``auto`` was: fbnet LODO
+0.894 / 0.915 / 0.928 / 0.921, LOCO 0.804 / 0.855 / 0.875 / 0.845, noise-free LODO 0.971 / 0.987 / 0.992 /
+0.986, LOCO 0.868 / 0.921 / 0.940 / 0.912; ofa_mbv3 LODO 0.894 / 0.906 / 0.906 / 0.909, noise-free 0.981 /
+0.987 / 0.989 / 0.990. Devices unlike every source that no dataset holds (accelerators):
+``benchmarks/predictor_synthetic.py``.
 The meta posterior and the measured-basis average down-weight samples whose leave-one-out residual is an
 outlier (:func:`~fitplan.predictors.meta.outlier_variance`); before that, ``auto`` LODO was 0.894 / 0.911 /
 0.926 / 0.918 (fbnet) and 0.895 / 0.902 / 0.904 / 0.905 (ofa_mbv3). ``--corrupt 2`` (one sample of each set
 measured 2x too slow) shows what it is for: ``auto`` fbnet 0.744 / 0.800 / 0.868 / 0.827 -> 0.876 / 0.908 /
-0.928 / 0.918 (now 0.873 / 0.908 / 0.928 / 0.919), ``ours+basis`` N=10 0.522 -> 0.909; ofa_mbv3 0.838 /
-0.880 / 0.894 / 0.889 -> 0.879 / 0.903 / 0.906 / 0.905 (now 0.883 / 0.902 / 0.907 / 0.903).
+0.928 / 0.918 (now 0.879 / 0.907 / 0.928 / 0.919), ``ours+basis`` N=10 0.522 -> 0.909; ofa_mbv3 0.838 /
+0.880 / 0.894 / 0.889 -> 0.879 / 0.903 / 0.906 / 0.905 (now 0.886 / 0.902 / 0.907 / 0.903).
 Baselines: FLOPs proxy (a + b·MACs on the N samples), nearest source
 device scaled, plain ridge on the N samples. Column ``own-4000``: the device's own additive table fitted on 4000
 of its archs and scored on the other 1000 -- a reference for how noisy its measurements are (phones are

@@ -696,4 +696,5 @@ def load_profile_predictor(state: Mapping[str, Any]) -> "AdaptedPredictor | Cost
 
 __all__ = ["ADAPTED_FORMAT", "AdaptedPredictor", "CALIBRATION_METHODS", "DEFAULT_HYPER", "LatencyPredictor",
            "MIN_SAMPLES", "MIN_SELECT_SAMPLES", "calibrate_predictor", "calibrate_profile", "compression_shares",
-           "load_profile_predictor", "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path", "suspect_note"]
+           "load_profile_predictor", "parse_samples", "predictor_for_device", "select_model", "shipped_prior_path",
+           "suspect_note"]
