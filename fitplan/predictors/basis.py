@@ -90,6 +90,12 @@ def blend_share(w: np.ndarray, rho: float) -> tuple[np.ndarray, float]:
     return (w / total if total > 0 else w), rho * total
 
 
+def blend_log(base_ms: np.ndarray, bma_log: np.ndarray, rho: float) -> np.ndarray:
+    """Milliseconds of the log-space blend ``rho · bma_log + (1 - rho) · log(base_ms)`` of the source average
+    (:func:`bma_log_predict`) and the additive prediction (module docstring)."""
+    return np.exp(rho * bma_log + (1.0 - rho) * np.log(np.maximum(base_ms, 1e-6)))
+
+
 def bma_log_predict(s: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``Σ_k w_k (a_k + b_k s_k)`` for basis columns ``s [n, K]``."""
     return (a[None, :] + b[None, :] * s) @ w
@@ -165,4 +171,4 @@ def source_columns(space: str, devices: Sequence[str], x: np.ndarray) -> tuple[n
     return out, found
 
 
-__all__ = ["BasisHyper", "available_devices", "blend_share", "bma_log_predict", "fit_bma", "source_columns"]
+__all__ = ["BasisHyper", "available_devices", "blend_log", "blend_share", "bma_log_predict", "fit_bma", "source_columns"]

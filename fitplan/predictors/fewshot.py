@@ -90,7 +90,7 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
     """Additive posterior blended in log space with the Bayesian model average of rescaled source devices
     (:mod:`fitplan.predictors.basis`; the shipped adapt path: pool archs use the sources' measured latencies).
     ``hyper`` (a :class:`~fitplan.predictors.basis.BasisHyper`) defaults to the shipped per-space constants."""
-    from fitplan.predictors.basis import blend_share, bma_log_predict, fit_bma, source_columns
+    from fitplan.predictors.basis import blend_log, blend_share, bma_log_predict, fit_bma, source_columns
     from fitplan.predictors.latency import DEFAULT_BASIS
 
     space, devices = ctx.prior.space, tuple(ctx.prior.devices)
@@ -106,7 +106,7 @@ def method_ours_basis(ctx: Context, hyper=None) -> np.ndarray:
     s = _COLS[key]
     w, a, b = fit_bma(s[ctx.idx], np.log(ctx.y_s), h, post.weights, post.loo_log_resid)
     w, rho = blend_share(w, h.rho)
-    return np.exp(rho * bma_log_predict(s, w, a, b) + (1 - rho) * np.log(np.maximum(base, 1e-6)))
+    return blend_log(base, bma_log_predict(s, w, a, b), rho)
 
 
 def method_flops(ctx: Context) -> np.ndarray:

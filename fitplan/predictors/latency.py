@@ -36,7 +36,7 @@ from fitplan.predictors.features import (
     COMPRESSION_KEYS, FBNET_LAYERS, FBNET_OPS, OFA_BLOCKS, OFA_D, OFA_E, OFA_KS, OFA_R_RANGE, PREDICTOR_SPACES,
     fbnet_arrays_features, featurize, ofa_arrays_features, space_features, validate_arch)
 from fitplan.predictors.basis import (
-    BasisHyper, available_devices, blend_share, bma_log_predict, fit_bma, source_columns)
+    BasisHyper, available_devices, blend_log, blend_share, bma_log_predict, fit_bma, source_columns)
 from fitplan.predictors.ensemble import ENSEMBLE_FORMAT, EnsemblePredictor
 from fitplan.predictors.meta import HyperParams, MetaPrior, Posterior, build_prior, fit_device_table, suspects
 from fitplan.predictors.samples import iter_samples
@@ -246,8 +246,7 @@ class AdaptedPredictor:
             return ms
         s, _ = source_columns(self.space, b["devices"], x)
         lb = bma_log_predict(s, np.asarray(b["weights"]), np.asarray(b["a"]), np.asarray(b["b"]))
-        rho = float(b["rho"])
-        return np.exp(rho * lb + (1.0 - rho) * np.log(np.maximum(ms, 1e-6)))
+        return blend_log(ms, lb, float(b["rho"]))
 
     def features(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Feature matrix of configs (vectorised fast path; the checked path names the bad field)."""

@@ -108,6 +108,14 @@ class HyperParams:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def loo_residuals(kinv: np.ndarray, resid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out residuals ``e_i = (K⁻¹r)_i / (K⁻¹)_ii`` of a Gaussian model with covariance ``K`` (given as
+    its inverse ``kinv``) and residuals ``r`` against its mean, and ``(K⁻¹)_ii`` (the inverse leave-one-out
+    predictive variances)."""
+    kd = np.diag(kinv)
+    return (kinv @ resid) / kd, kd
+
+
 def outlier_variance(prior_cov: np.ndarray, noise: np.ndarray, resid: np.ndarray, clip: float,
                      iters: int = 5) -> np.ndarray:
     """Per-sample multipliers (>= 1) of the noise variances ``noise`` that bring every sample's standardised
@@ -122,9 +130,7 @@ def outlier_variance(prior_cov: np.ndarray, noise: np.ndarray, resid: np.ndarray
     v = np.ones(len(resid))
     eye = 1e-12 * np.eye(len(resid))
     for _ in range(iters):
-        kinv = np.linalg.inv(prior_cov + np.diag(noise * v) + eye)
-        kd = np.diag(kinv)
-        e = (kinv @ resid) / kd
+        e, kd = loo_residuals(np.linalg.inv(prior_cov + np.diag(noise * v) + eye), resid)
         f = np.maximum(1.0 / kd - noise * v, 0.0)
         v_new = np.maximum(1.0, (e ** 2 / clip ** 2 - f) / noise)
         if np.allclose(v_new, v, rtol=1e-3):
@@ -222,7 +228,7 @@ class MetaPrior:
         table = self.mean + u @ (xu.T @ alpha) + dd * (x.T @ alpha)
         loglik = -0.5 * float(z @ z) - float(np.sum(np.log(np.diag(chol))))
         linv = np.linalg.inv(chol)
-        t_loo = t - alpha / np.sum(linv ** 2, axis=0)
+        t_loo = t - loo_residuals(linv.T @ linv, resid)[0]
         loo = np.log(t) - np.log(np.maximum(t_loo, 1e-3 * t))
         return loglik, Posterior(table, (h.sigma_n ** 2) * t ** 2 / noise, loo)
 
@@ -288,4 +294,4 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
 
 
 __all__ = ["ANALYTIC_NAMES", "BOUND_TABLES", "HyperParams", "MetaPrior", "Posterior", "build_prior",
-           "fit_device_table", "outlier_variance", "suspects"]
+           "fit_device_table", "loo_residuals", "outlier_variance", "suspects"]
