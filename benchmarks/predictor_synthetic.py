@@ -122,13 +122,10 @@ def main() -> None:
                 for k, p in priors.items():
                     m = metrics(x[mask] @ p.posterior(x[idx], y[idx]).table, y[mask])
                     per[k].append((m["spearman"], m["mape"]))
-                for k in ("auto", "ours+basis"):
-                    ctx = Context(x, idx, y[idx], priors["shipped"], ds.latency_ms, macs)
+                ctx = Context(x, idx, y[idx], priors["shipped"], ds.latency_ms, macs)
+                for k in ("auto", "ours+basis", "flops"):
                     m = metrics(METHODS[k](ctx)[mask], y[mask])
                     per[k].append((m["spearman"], m["mape"]))
-                w = np.linalg.lstsq(np.c_[np.ones(len(idx)), macs[idx]], y[idx], rcond=None)[0]
-                m = metrics(w[0] + w[1] * macs[mask], y[mask])
-                per["flops"].append((m["spearman"], m["mape"]))
             for c in cols:
                 acc[c].append(list(np.mean(per[c], axis=0)))
         cells = []
