@@ -29,38 +29,45 @@ per-layer choice indicators predict (cross-validated R²). ``--remeasure K`` mea
 again and correlates their residuals with the dataset's: whether the scatter is noise or structure.
 
 ``--data FILE.jsonl`` reads a ``fitplan measure`` output file directly instead of the profile's dataset
-(the best attempt per config, :func:`fitplan.hw_profiles.measure.best_records`, with status ``ok``;
-latency = its ``median_ms``; the space from the file's header).
+(one record per config with status ``ok``, latency = the geometric mean of its ok attempts' ``median_ms``,
+:func:`fitplan.hw_profiles.measure.combined_records`; the space from the file's header).
 
 Cross-machine figures (30 draws, Spearman / share within ±10 %; ``--data`` VM 2 = calibrating a new machine
 with the shipped prior, what ``fitplan calibrate fit`` and the planner do; ``--prior`` VM 2 = the reverse)::
 
     python benchmarks/predictor_local.py --data benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
-        --models analytic prior prior-cv --n 10 20 --draws 30
-    N=10: analytic 0.960 / 75 %, prior 0.986 / 88 %, prior-cv 0.984 / 87 % (auto the same)
-    N=20: analytic 0.985 / 88 %, prior 0.989 / 91 %, prior-cv 0.989 / 90 % (auto 0.988 / 90 %)
+        --models analytic prior prior-cv auto --n 10 20 --draws 30
+    N=10: analytic 0.957 / 76 %, prior 0.986 / 89 %, prior-cv 0.985 / 87 %, auto the same
+    N=20: analytic 0.985 / 89 %, prior 0.989 / 91 %, prior-cv 0.989 / 91 %, auto the same
     python benchmarks/predictor_local.py --prior benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl \
         --models analytic prior prior-cv --n 10 20 --draws 30
-    N=10: analytic 0.942 / 73 %, prior 0.980 / 90 %, prior-cv 0.980 / 90 %
-    N=20: analytic 0.971 / 85 %, prior 0.982 / 92 %, prior-cv 0.982 / 92 %
+    N=10: analytic 0.945 / 73 %, prior 0.979 / 90 %, prior-cv 0.978 / 89 %
+    N=20: analytic 0.970 / 85 %, prior 0.982 / 93 %, prior-cv 0.982 / 93 %
 
 A third machine, another CPU vendor (AMD EPYC; the two above are Intel Xeon), with the shipped prior::
 
     python benchmarks/predictor_local.py --data benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl \
         --models analytic prior prior-cv auto macs-lsq --n 10 20 40 --draws 30
-    N=10: analytic 0.971 / 80 %, prior 0.978 / 78 %, prior-cv 0.977 / 78 %, auto 0.977 / 77 %, macs-lsq 0.979 / 75 %
-    N=20: analytic 0.981 / 86 %, prior 0.985 / 84 %, prior-cv 0.982 / 84 %, auto 0.981 / 83 %, macs-lsq 0.979 / 78 %
-    N=40: analytic 0.979 / 86 %, prior 0.980 / 87 %, prior-cv 0.979 / 86 %, auto 0.979 / 86 %
+    N=10: analytic 0.978 / 85 %, prior 0.984 / 88 %, prior-cv 0.983 / 88 %, auto 0.982 / 87 %, macs-lsq 0.984 / 79 %
+    N=20: analytic 0.986 / 91 %, prior 0.990 / 92 %, prior-cv 0.988 / 92 %, auto 0.988 / 92 %, macs-lsq 0.983 / 84 %
+    N=40: analytic 0.989 / 95 %, prior 0.988 / 95 %, prior-cv 0.988 / 94 %, auto 0.988 / 94 %, macs-lsq 0.978 / 86 %
 
-Spearman stays >= 0.97, but the share within ±10 % misses the 90 % target there: int8 runs at fp32 speed on
-that CPU (median int8 / fp32 ratio 1.01 over the 20 archs measured both ways; 0.75-0.85 per dense MAC on the
-Xeons), so the Xeon prior's int8 *shape* misleads (int8 subset N=10: 88 % without the prior, 78 % with it)
-while it still helps the mixed configs (63 -> 68 %). In-sample the analytic model reaches 97 % (``--noise``):
-the features suffice, the few-shot transfer does not yet.
+Per variant (N=10, auto): fp32 93 %, int8 94 %, mixed 74 % within ±10 %; mixed configs are the hard part
+everywhere (VM 2: 77 %; the shipped dataset from VM 2: 86 %). int8 runs at fp32 speed on that CPU (median
+int8 / fp32 ratio 1.01 over the 20 archs measured both ways; 0.75-0.85 per dense MAC on the Xeons), so the
+Xeon prior's int8 *shape* is off there (int8 subset N=10: 96 % without the prior, 93-94 % with it), while it
+helps the mixed configs (68 -> 76 %).
 
-``benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl``: 60 configs (20 each fp32 / int8 / mixed) sampled by
-``fitplan measure --space ofa_mbv3 --n 60 --seed 11`` on that machine, one session (89 records: unstable
-measurements were retried, the best attempt counts).
+Measurement noise dominates that machine's figures: its file holds two measuring sessions (``fitplan measure
+--space ofa_mbv3 --n 60 --seed 11``, then an hour later on the same VM with ``--configs`` of the same 60), and the
+two sessions' latencies of one config differ by more than 10 % for 13 % of the configs when each session's
+*best* attempt is taken (2 % with each session's geometric mean of attempts, what readers now use). Each session
+alone (30 draws, ``auto``): N=10 84 % / 85 %, N=20 89 % / 91 % within ±10 % (Spearman 0.981-0.990); before
+attempts were combined (best attempt of the first session): N=10 77 %, N=20 83 %.
+
+``benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl``: 60 configs (20 each fp32 / int8 / mixed), two
+sessions as above (192 records: unstable measurements were retried within each session; every ok attempt
+counts, geometric mean).
 
 ``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl``: a second VM of the same cloud (reference anchor 0.69 ms,
 about half the shipped dataset's latencies), one session: 72 configs sampled by ``fitplan measure --n 72

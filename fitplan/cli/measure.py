@@ -9,8 +9,10 @@ Configs are sampled deterministically from ``--seed`` by
 :func:`fitplan.hw_profiles.measure.sample_measure_configs` (groups of three: one architecture in fp32 and
 all-int8, another with a per-unit mix of ``--bits``; smallest and largest first, then random architectures
 and resolutions); re-running the same command after an interruption skips what the file already holds. Measurements that end
-unstable are repeated at the end of the run (``--retries``, default 1); the file keeps every attempt and
-readers use the best one per config.
+unstable are repeated at the end of the run (``--retries``, default 1), and ``--passes K`` measures every
+config K times (the later passes after all others; running again with a larger K adds a pass to the file);
+the file keeps every attempt and readers use the geometric mean of a config's ok attempts
+(:func:`fitplan.hw_profiles.measure.combined_records`: on a shared VM no single attempt is reliably right).
 
 The output file is also a calibration-sample file (``fitplan calibrate fit --samples data.jsonl``).
 """
@@ -43,7 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                               "relative half-width (default 0.01)")
     p.add_argument("--retries", type=int, default=1,
                    help="measure a config whose measurement ended unstable again, at the end of the run, up to "
-                        "this many times (default 1; every attempt is kept in the file, the best one is used)")
+                        "this many times (default 1; every attempt is kept in the file, readers use the geometric "
+                        "mean of the ok ones)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure every config this many times, each further pass after all other configs "
+                        "(default 1; 2 halves the noise variance on a shared VM at twice the time)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=run)
 
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         calib = np.load(args.calib_data, allow_pickle=False)
     rule = {k: v for k, v in (("max_seconds", args.max_seconds), ("rel_tol", args.rel_tol)) if v is not None}
     out = Path(args.out) if args.out else fitplan_home() / "measurements" / f"{profile.name}_{space.name}.jsonl"
-    recs = measure_configs(space, configs, profile, out, calib_inputs=calib, retries=args.retries, **rule)
+    recs = measure_configs(space, configs, profile, out, calib_inputs=calib, retries=args.retries,
+                          passes=args.passes, **rule)
     if args.json:
         print(json.dumps(recs, indent=1))
         return 0

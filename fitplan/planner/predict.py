@@ -47,9 +47,10 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
     Resumable: samples are appended to the JSON ``cache`` after each observation and reused when the cache
     was written for the same space spec and ``cache_key``; ``observe`` returning ``None`` skips a config.
     ``retry_unstable``: observations with ``"stable": False`` (a measurement whose stopping rule ran out of
-    time) are observed once more after all others and the attempt with the tighter ``rel_ci`` is kept (see
-    :func:`fitplan.hw_profiles.measure.best_records`: on a shared VM a measurement inside a slow or fast
-    machine state can be off by 20 %, a later one usually is not).
+    time) are observed once more after all others; ``latency_ms`` becomes the geometric mean of both attempts,
+    the other fields those of the attempt with the tighter ``rel_ci`` (see
+    :func:`fitplan.hw_profiles.measure.combined_records`: on a shared VM a measurement inside a slow or fast
+    machine state can be off by 20 %, and no single attempt is reliably the right one).
     """
     from tqdm.auto import tqdm
 
@@ -76,13 +77,17 @@ def collect_samples(space: Any, first: Sequence[Config], n: int, seed: int,
         if cache is not None:
             atomic_write_text(cache, dumps({**key, "samples": samples}))
     if retry_unstable:
-        from fitplan.hw_profiles.measure import measurement_rank
+        from fitplan.hw_profiles.measure import combine_latencies, measurement_rank
 
         again = [s for s in samples if s.get("stable") is False and s.get("attempts", 1) < 2]
         for s in tqdm(again, desc=f"{desc} (unstable, again)", leave=False):
             obs = observe(s["config"])
-            if obs is not None and measurement_rank({"status": "ok", **obs}) <= measurement_rank({"status": "ok", **s}):
-                s.update(obs)
+            if obs is not None:
+                ms = [v for v in (s.get("latency_ms"), obs.get("latency_ms")) if v]
+                if measurement_rank({"status": "ok", **obs}) <= measurement_rank({"status": "ok", **s}):
+                    s.update(obs)
+                if len(ms) == 2:
+                    s["latency_ms"] = combine_latencies(ms)
             s["attempts"] = 2
             if cache is not None:
                 atomic_write_text(cache, dumps({**key, "samples": samples}))

@@ -87,27 +87,28 @@ Because a prior from an unlike device (a GPU, a phone runtime) would mislead,
 :func:`fit_with_source_prior` fits with and without it and keeps the prior unless the plain fit
 cross-validates better on the samples by more than one standard error (:func:`prefer_prior`);
 ``calibrate_predictor`` and the planner's local fit use it. Measured
-(``benchmarks/predictor_local.py``, this machine's two datasets measured on two VMs -- the shipped one and
-``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl`` -- each calibrated with the other as prior, a third of
-the samples per variant, 30 draws; Spearman / share within ±10 %)::
+(``benchmarks/predictor_local.py``, this machine's datasets measured on three VMs -- the shipped one,
+``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl`` (both Intel Xeon) and
+``benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl`` (AMD EPYC) -- calibrated with the shipped one as prior,
+the shipped one with VM 2's; a third of the samples per variant, 30 draws; Spearman / share within ±10 %;
+latencies are the geometric mean of a config's measured attempts, :func:`fitplan.hw_profiles.measure.combined_records`)::
 
     target (prior)       N   plain           with prior      fit_with_source_prior
-    VM 2 (shipped)      10   0.960 / 75 %    0.986 / 88 %    0.984 / 87 %
-                        20   0.985 / 88 %    0.989 / 91 %    0.989 / 90 %
-    shipped (VM 2)      10   0.942 / 73 %    0.980 / 90 %    0.980 / 90 %
-                        20   0.971 / 85 %    0.982 / 92 %    0.982 / 92 %
-    VM 3, AMD (shipped) 10   0.971 / 80 %    0.978 / 78 %    0.977 / 78 %
-                        20   0.981 / 86 %    0.985 / 84 %    0.982 / 84 %
+    VM 2 (shipped)      10   0.957 / 76 %    0.986 / 89 %    0.985 / 87 %
+                        20   0.985 / 89 %    0.989 / 91 %    0.989 / 91 %
+    shipped (VM 2)      10   0.945 / 73 %    0.979 / 90 %    0.978 / 89 %
+                        20   0.970 / 85 %    0.982 / 93 %    0.982 / 93 %
+    VM 3, AMD (shipped) 10   0.978 / 85 %    0.984 / 88 %    0.983 / 88 %
+                        20   0.986 / 91 %    0.990 / 92 %    0.988 / 92 %
 
-Mixed-precision configs gain most (VM 2, N=10: 62 -> 78 %). The cross-validated choice
+Mixed-precision configs gain most (VM 2, N=10: 63 -> 78 %). The cross-validated choice
 (:func:`prefer_prior`, a one-standard-error rule; the lower CV mean alone lost 1-3 points at N=10) costs
-0-1 point against always using the prior; it is the guard against a prior from an unlike device. The two
-penalties were chosen on these two directions (lam_prior 10-100 differed by < 1 point; lam_prior_base 1 beat
-0.1-10 by ~1 point). A third machine of another vendor (VM 3, AMD EPYC,
-``benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl``) does worse: its int8 runs at fp32 speed, so the Xeon
-prior's int8 shape costs the int8 configs (N=10: 88 % within ±10 % without the prior, 78 % with it) while it
-still helps the mixed ones (63 -> 68 %); the penalties re-checked on all three directions (lam_prior 3 / 10,
-lam_prior_scale 0.3 / 3, lam_prior_base 3) moved no direction by more than a point, so the defaults stay.
+0-2 points against always using the prior; it is the guard against a prior from an unlike device. The two
+penalties were chosen on the two Xeon directions (lam_prior 10-100 differed by < 1 point; lam_prior_base 1 beat
+0.1-10 by ~1 point). On VM 3, int8 runs at fp32 speed, so the Xeon prior's int8 shape is off there (int8 configs
+N=10: 96 % within ±10 % without the prior, 93 % with it) while it still helps the mixed ones (68 -> 76 %); the
+penalties re-checked on all three directions (lam_prior 3 / 10, lam_prior_scale 0.3 / 3, lam_prior_base 3) moved
+no direction by more than a point, so the defaults stay.
 
 Fit (:meth:`CostModelPredictor.fit`), on relative errors because latencies span 10x and we score relative
 error: every row is divided by the measured latency (non-negative least squares on ``X/y ≈ 1``).

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -131,7 +132,8 @@ def test_measure_configs_resume(tiny_space, tmp_path, monkeypatch):
 
 def test_measure_configs_retries_unstable(tiny_space, tmp_path, monkeypatch):
     """An unstable measurement is repeated after the other configs, every attempt is kept in the file, the
-    best one is returned and read back; a resumed run continues the attempt count from the file."""
+    geometric mean of a config's attempts is returned and read back; a resumed run continues the attempt count
+    from the file; ``passes`` measures every config again after all others."""
     prof = get_profile("local-cpu-1t")
     configs = sample_measure_configs(tiny_space, 3, seed=2)
     keys = [measure_mod.config_key(tiny_space.validate(c)) for c in configs]
@@ -152,17 +154,29 @@ def test_measure_configs_retries_unstable(tiny_space, tmp_path, monkeypatch):
         measure_configs(tiny_space, configs, prof, out, progress=False, retries=-1)
     recs = measure_configs(tiny_space, configs, prof, out, progress=False, retries=1)
     assert seen == [keys[0], keys[1], keys[2], keys[0], keys[2]]  # retries come after every first attempt
-    assert [r["median_ms"] for r in recs] == [4.0, 2.0, 9.0]  # config 2: both unstable, the tighter CI kept
+    combined = [math.sqrt(5.0 * 4.0), 2.0, math.sqrt(9.0 * 7.0)]  # geometric mean of the ok attempts
+    assert [r["median_ms"] for r in recs] == pytest.approx(combined)
     assert [r["attempts"] for r in recs] == [2, 1, 2]
+    assert recs[0]["attempt_median_ms"] == [5.0, 4.0] and recs[0]["best_attempt_median_ms"] == 4.0
+    assert "attempt_median_ms" not in recs[1]  # a single attempt is returned as measured
     _, lines = read_measurements(out)
     assert len(lines) == 5  # every attempt is in the file
+    # the best attempt (stable first, then the tighter CI) as measured, and the combined records
     assert [r["median_ms"] for r in measure_mod.best_records(lines)] == [4.0, 2.0, 9.0]
+    assert [r["median_ms"] for r in measure_mod.ok_records(lines)] == pytest.approx(combined)
     data = load_dataset(DatasetRef(space=tiny_space.name, dataset=f"jsonl:{out}", variant="config",
                                    provenance=Provenance("measured", "this test")))
-    assert list(data.latency_ms) == [4.0, 2.0, 9.0]  # readers use the best attempt, one per config
+    assert list(data.latency_ms) == pytest.approx(combined)  # readers: one per config, attempts combined
     # resuming with more retries measures only the still-unstable config, once more
     recs = measure_configs(tiny_space, configs, prof, out, progress=False, retries=2)
-    assert seen[5:] == [keys[2]] and recs[2]["median_ms"] == 6.0 and recs[2]["attempts"] == 3
+    assert seen[5:] == [keys[2]] and recs[2]["attempts"] == 3
+    assert recs[2]["median_ms"] == pytest.approx((9.0 * 7.0 * 6.0) ** (1 / 3))
+    # a second pass: every config with fewer than 2 attempts once more, after the others; bad values refused
+    with pytest.raises(ConfigError, match="passes"):
+        measure_configs(tiny_space, configs, prof, out, progress=False, passes=0)
+    script[keys[1]].append((2.2, 0.003, True))
+    recs = measure_configs(tiny_space, configs, prof, out, progress=False, retries=2, passes=2)
+    assert seen[6:] == [keys[1]] and recs[1]["median_ms"] == pytest.approx(math.sqrt(2.0 * 2.2))
 
 
 def _other_profile():

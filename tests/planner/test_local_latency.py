@@ -96,8 +96,9 @@ def test_profile_analytic_state_applies_to_its_own_spec_only(fake_measure):
 
 
 def test_collect_samples_measures_unstable_configs_once_more(tmp_path):
-    """Unstable observations are repeated after all others; the tighter one is kept, and the cache records
-    the second attempt so a resumed run does not repeat it again."""
+    """Unstable observations are repeated after all others; the latency is the geometric mean of both
+    attempts, the other fields the tighter one's, and the cache records the second attempt so a resumed run
+    does not repeat it again."""
     register_tiny()
     space = TinySpace(resolutions=(8, 12))
     first = [space.smallest(), space.largest()]
@@ -112,7 +113,7 @@ def test_collect_samples_measures_unstable_configs_once_more(tmp_path):
 
     cache = tmp_path / "cal.json"
     samples = P.collect_samples(space, first, 2, 0, observe, cache=cache, retry_unstable=True)
-    assert seen == [0, 1, 0] and [s["latency_ms"] for s in samples] == [4.0, 3.0]
-    assert samples[0]["attempts"] == 2 and samples[0]["stable"] is True
+    assert seen == [0, 1, 0] and [s["latency_ms"] for s in samples] == pytest.approx([20 ** 0.5, 3.0])
+    assert samples[0]["attempts"] == 2 and samples[0]["stable"] is True and samples[0]["rel_ci"] == 0.004
     again = P.collect_samples(space, first, 2, 0, observe, cache=cache, retry_unstable=True)
-    assert seen == [0, 1, 0] and [s["latency_ms"] for s in again] == [4.0, 3.0]  # all from the cache
+    assert seen == [0, 1, 0] and [s["latency_ms"] for s in again] == pytest.approx([20 ** 0.5, 3.0])  # cached
