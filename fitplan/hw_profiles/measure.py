@@ -586,6 +586,10 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
     from tqdm.auto import tqdm
 
     require_measurable(profile)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError("retries", f"expected an integer >= 0, got {retries!r}")
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ConfigError("passes", f"expected an integer >= 1, got {passes!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": MEASUREMENTS_FORMAT, "format_version": MEASUREMENTS_VERSION, "space": space.spec(),
@@ -601,10 +605,6 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
             if old_header.get(k) != header[k]:
                 raise ConfigError("out", f"{out} was measured with {k}={old_header.get(k)!r}, not {header[k]!r}; "
                                          "use another --out file")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ConfigError("retries", f"expected an integer >= 0, got {retries!r}")
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise ConfigError("passes", f"expected an integer >= 1, got {passes!r}")
     lines = list(old)
     done: dict[str, dict[str, Any]] = {}
     for r in best_records(old):

@@ -196,6 +196,9 @@ def test_cli_measure(registered_tiny, home, tmp_path, capsys):
     assert "not measurable" in capsys.readouterr().err
     assert main(["measure", "--space", registered_tiny, "--n", "1", "--retries", "-1", "--out", str(out)]) == 2
     assert "retries" in capsys.readouterr().err
+    before = out.read_bytes()
+    assert main(["measure", "--space", registered_tiny, "--n", "1", "--passes", "0", "--out", str(out)]) == 2
+    assert "passes" in capsys.readouterr().err and out.read_bytes() == before  # refused before touching the file
     assert main(["measure", "--space", registered_tiny, "--bits", "8,16", "--n", "1"]) == 2
 
 
