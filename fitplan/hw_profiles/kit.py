@@ -335,7 +335,8 @@ def import_results(results_path: str | Path, name: str, *, kind: str = "cpu", ma
 def read_samples(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
     """Samples ``[{"arch", "latency_ms"}]`` from a DESIGN.md ``CAL.json``, a kit ``results.json`` or a
     ``fitplan measure`` file (``.jsonl``: one sample per config with an ok attempt, full configs with their
-    bits, latency = the geometric mean of its ok attempts' medians, :func:`~fitplan.hw_profiles.measure.combined_records`).
+    bits, latency = the geometric mean of its ok attempts' medians,
+    :func:`~fitplan.hw_profiles.measure.combined_records`).
 
     Returns ``(space name if the file says, samples)``; fp32 rows only from a results file.
     """

@@ -91,7 +91,8 @@ cross-validates better on the samples by more than one standard error (:func:`pr
 ``benchmarks/data/local_cpu_1t_ofa_mbv3_vm2.jsonl`` (both Intel Xeon) and
 ``benchmarks/data/local_cpu_1t_ofa_mbv3_vm3_epyc.jsonl`` (AMD EPYC) -- calibrated with the shipped one as prior,
 the shipped one with VM 2's; a third of the samples per variant, 30 draws; Spearman / share within ±10 %;
-latencies are the geometric mean of a config's measured attempts, :func:`fitplan.hw_profiles.measure.combined_records`)::
+latencies are the geometric mean of a config's measured attempts,
+:func:`fitplan.hw_profiles.measure.combined_records`)::
 
     target (prior)       N   plain           with prior      fit_with_source_prior
     VM 2 (shipped)      10   0.957 / 76 %    0.986 / 89 %    0.985 / 87 %
