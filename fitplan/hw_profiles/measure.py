@@ -534,16 +534,17 @@ def combined_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     ``median_ms`` becomes the geometric mean of the ``median_ms`` of every ``ok`` attempt of the config
     (:func:`combine_latencies`); with several, ``attempt_median_ms`` lists them in file order and
     ``best_attempt_median_ms`` keeps the best attempt's own value. Single attempts are returned as measured."""
-    out = []
-    for attempts in _attempts_by_key(records).values():
-        rec = _best_attempt(attempts)
-        ok = [float(r["median_ms"]) for r in attempts if r.get("status") == "ok" and r.get("median_ms")]
-        if rec.get("status") == "ok" and len(ok) > 1:
-            rec["best_attempt_median_ms"] = rec["median_ms"]
-            rec["attempt_median_ms"] = ok
-            rec["median_ms"] = combine_latencies(ok)
-        out.append(rec)
-    return out
+    return [_combined(v) for v in _attempts_by_key(records).values()]
+
+
+def _combined(attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    rec = _best_attempt(attempts)
+    ok = [float(r["median_ms"]) for r in attempts if r.get("status") == "ok" and r.get("median_ms")]
+    if rec.get("status") == "ok" and len(ok) > 1:
+        rec["best_attempt_median_ms"] = rec["median_ms"]
+        rec["attempt_median_ms"] = ok
+        rec["median_ms"] = combine_latencies(ok)
+    return rec
 
 
 def ok_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -605,11 +606,10 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
             if old_header.get(k) != header[k]:
                 raise ConfigError("out", f"{out} was measured with {k}={old_header.get(k)!r}, not {header[k]!r}; "
                                          "use another --out file")
-    lines = list(old)
-    done: dict[str, dict[str, Any]] = {}
-    for r in best_records(old):
-        if r["status"] != "error" or not retry_errors:
-            done[r["key"]] = r
+    # attempts per config; a config whose attempts all failed starts afresh when errors are retried
+    by_key = {k: v for k, v in _attempts_by_key(old).items()
+              if not (retry_errors and _best_attempt(v)["status"] == "error")}
+    done = {k: _best_attempt(v) for k, v in by_key.items()}
     todo: list[tuple[str, dict[str, Any]]] = []
     order: list[str] = []
     cfgs: dict[str, dict[str, Any]] = {}
@@ -644,11 +644,8 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
                             fingerprint=machine_fingerprint(profile.runtime.threads or 1, profile.runtime.batch))
         rec = {"key": k, "config": cfg, **m.to_dict(), "seconds": round(time.time() - t0, 3)}
         _append_line(out, rec)
-        lines.append(rec)
-        prev = done.get(k)
-        attempts = (prev.get("attempts", 1) + 1) if prev is not None and prev["status"] != "error" else 1
-        done[k] = {**min((rec, prev) if prev is not None and prev["status"] != "error" else (rec,),
-                         key=measurement_rank), "attempts": attempts}
+        by_key.setdefault(k, []).append(rec)
+        done[k] = _best_attempt(by_key[k])
         bar.update(1)
         if m.ok:
             bar.set_postfix_str(f"{m.variant} {m.median_ms:.2f} ms" + ("" if m.stable else " (unstable)"))
@@ -657,8 +654,7 @@ def measure_configs(space: Any, configs: Iterable[Mapping[str, Any]], profile: H
                 bar.total += 1
                 bar.refresh()
     bar.close()
-    combined = {r["key"]: r for r in combined_records(lines)}
-    return [combined[k] for k in order if k in combined]
+    return [_combined(by_key[k]) for k in order if k in by_key]
 
 
 def split_bits(n_units: int, active: Sequence[int], k: int, first: int, rest: int, fill: int = 32) -> list[int]:
