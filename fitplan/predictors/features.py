@@ -5,7 +5,8 @@ maps an architecture to a sparse feature vector ``φ(a)`` (one entry per layer-c
 by the spatial area where the cost grows with resolution) so that *any* device is a linear cost table
 ``c_dev`` over the same features: ``lat(a) ≈ φ(a) · c_dev``. The predictors combine such tables of known
 devices with analytic tables (MACs, parameters, activation traffic, kernel launches) computed here, so that
-devices unlike the source devices (ASIC/FPGA simulators, edge TPUs, CPUs) can still be expressed.
+devices unlike the source devices (ASIC/FPGA simulators, edge TPUs, CPUs) can still be expressed, and with
+tiled-MAC tables (channel counts rounded up to an accelerator's channel block, :data:`TILED_NAMES`).
 
 Channel plans are approximations of the HW-NAS-Bench FBNet (CIFAR-100) and OFA MobileNetV3-Large networks;
 they only have to rank per-layer costs sensibly, the data-driven tables carry the exact values.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,6 +35,13 @@ PREDICTOR_SPACES = ("fbnet", "ofa_mbv3")
 
 #: names of the analytic cost tables, in order (each is one column of the device basis).
 ANALYTIC_NAMES = ("macs", "dw_macs", "params", "act", "kernels")
+#: channel tile sizes of the tiled-MAC tables: PE arrays, systolic arrays and FPGA loop unrolling process
+#: input / output channels in blocks of a fixed size, so a layer whose channel count is not a multiple of the
+#: tile wastes the rest of the last block (Zhang et al., FPGA 2015: ``ceil(M/Tm)·ceil(N/Tn)`` cycles per tile).
+TILE_SIZES = (16, 32, 64)
+#: names of the tiled-MAC tables, in order: pointwise / full convolutions with both channel counts rounded up
+#: to the tile, then depthwise convolutions with their channel count rounded up (:func:`tiled_macs`).
+TILED_NAMES = tuple(f"{kind}_macs_t{t}" for kind in ("pw", "dw") for t in TILE_SIZES)
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -55,6 +63,63 @@ def _conv(c_in: int, c_out: int, k: int, hw_out: int, groups: int = 1) -> tuple[
     """(MACs, params, output elements) of one conv."""
     params = c_out * (c_in // groups) * k * k
     return float(params * hw_out * hw_out), float(params + c_out), float(c_out * hw_out * hw_out)
+
+
+class Conv(NamedTuple):
+    """One convolution of a layer choice: what a per-convolution cost model needs."""
+
+    macs: float
+    moved: float  #: elements read and written (input, output, weights)
+    c_in: int  #: input channels per output channel's filter (1 for depthwise)
+    c_out: int
+    depthwise: bool
+
+
+def fbnet_convs() -> dict[int, list[Conv]]:
+    """Per FBNet feature (``layer * 9 + op``): its convolutions (identity skips have none)."""
+    out: dict[int, list[Conv]] = {}
+    for li, (c_in, c_out, s, hw) in enumerate(_fbnet_plan()):
+        hw_o = math.ceil(hw / s)
+        for oi, name in enumerate(FBNET_OPS):
+            f = li * len(FBNET_OPS) + oi
+            if name == "skip":
+                if c_in != c_out or s != 1:
+                    out[f] = [Conv(c_in * c_out * hw_o ** 2, c_in * hw * hw + c_out * hw_o ** 2 + c_in * c_out, c_in,
+                                   c_out, False)]
+                continue
+            k, e = int(name[1]), int(name.split("_e")[1].split("_")[0])
+            g = 2 if name.endswith("_g2") else 1
+            mid = c_in * e
+            out[f] = [Conv(c_in * mid // g * hw * hw, c_in * hw * hw + mid * hw * hw + c_in * mid // g, c_in, mid,
+                           False),
+                      Conv(mid * k * k * hw_o ** 2, mid * hw * hw + mid * hw_o ** 2 + mid * k * k, 1, mid, True),
+                      Conv(mid * c_out // g * hw_o ** 2, mid * hw_o ** 2 + c_out * hw_o ** 2 + mid * c_out // g, mid,
+                           c_out, False)]
+    return out
+
+
+def tiled_macs(convs: Iterable[Conv]) -> np.ndarray:
+    """The :data:`TILED_NAMES` entries of a list of convolutions: MACs with channel counts rounded up to each of
+    :data:`TILE_SIZES` (both counts of a full / pointwise convolution, the channel count of a depthwise one)."""
+    def up(c: int, t: int) -> float:
+        return math.ceil(c / t) * t / c
+
+    out = np.zeros(len(TILED_NAMES))
+    for cv in convs:
+        for j, t in enumerate(TILE_SIZES):
+            if cv.depthwise:
+                out[len(TILE_SIZES) + j] += cv.macs * up(cv.c_out, t)
+            else:
+                out[j] += cv.macs * up(cv.c_in, t) * up(cv.c_out, t)
+    return out
+
+
+def _fbnet_tiled() -> np.ndarray:
+    """Tiled-MAC tables ``[len(TILED_NAMES), 22 * 9 + 1]`` for FBNet features."""
+    out = np.zeros((len(TILED_NAMES), FBNET_LAYERS * len(FBNET_OPS) + 1))
+    for f, convs in fbnet_convs().items():
+        out[:, f] = tiled_macs(convs)
+    return out
 
 
 def _fbnet_costs() -> np.ndarray:
@@ -154,6 +219,30 @@ def _ofa_costs() -> np.ndarray:
     return out
 
 
+def _ofa_tiled() -> np.ndarray:
+    """Tiled-MAC tables ``[len(TILED_NAMES), OFA_NFEAT]`` (area-scaled slots, stem and head areas; the
+    convolutions as in :func:`_ofa_costs`, element traffic omitted)."""
+    out = np.zeros((len(TILED_NAMES), OFA_NFEAT))
+    sizes = _ofa_sizes(np.array([224.0]))[0]
+    for bi, (c_in, c_out, s, se) in enumerate(_ofa_plan()):
+        hw = int(sizes[bi])
+        hw_o = math.ceil(hw / s)
+        for ci, (k, e) in enumerate(OFA_CHOICES):
+            mid = int(math.ceil(c_in * e / 8) * 8)
+            convs = [Conv(c_in * mid * hw * hw, 0.0, c_in, mid, False),
+                     Conv(mid * k * k * hw_o * hw_o, 0.0, 1, mid, True),
+                     Conv(mid * c_out * hw_o * hw_o, 0.0, mid, c_out, False)]
+            if se:
+                red = int(math.ceil(mid / 4 / 8) * 8)
+                convs += [Conv(mid * red, 0.0, mid, red, False), Conv(mid * red, 0.0, red, mid, False)]
+            out[:, bi * len(OFA_CHOICES) + ci] = tiled_macs(convs)
+    out[:, 2 * _OFA_NB] = tiled_macs([Conv(3 * 16 * 9 * 112 * 112, 0.0, 3, 16, False),
+                                      Conv(16 * 9 * 112 * 112, 0.0, 1, 16, True),
+                                      Conv(16 * 16 * 112 * 112, 0.0, 16, 16, False)])
+    out[:, 2 * _OFA_NB + 1] = tiled_macs([Conv(160 * 960 * 49, 0.0, 160, 960, False)])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ groups
 def _fbnet_groups() -> np.ndarray:
     """Per-layer groups (the 8 non-skip ops of a layer) and per-op groups (one op across all layers).
@@ -202,6 +291,7 @@ class SpaceFeatures:
     n_features: int
     analytic: np.ndarray  # [len(ANALYTIC_NAMES), n_features]
     groups: np.ndarray  # [n_features, n_groups] 0/1: features sharing a layer, or an op choice across layers
+    tiled: np.ndarray  # [len(TILED_NAMES), n_features] MACs with channel counts rounded up to a tile
 
     def featurize(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return featurize(self.space, archs)
@@ -211,9 +301,9 @@ def space_features(space: str) -> SpaceFeatures:
     """The :class:`SpaceFeatures` of a supported space (``fbnet`` or ``ofa_mbv3``)."""
     if space == "fbnet":
         return SpaceFeatures(space, FBNET_LAYERS * len(FBNET_OPS) + 1, np.pad(_fbnet_costs(), ((0, 0), (0, 1))),
-                             _fbnet_groups())
+                             _fbnet_groups(), _fbnet_tiled())
     if space == "ofa_mbv3":
-        return SpaceFeatures(space, OFA_NFEAT, _ofa_costs(), _ofa_groups())
+        return SpaceFeatures(space, OFA_NFEAT, _ofa_costs(), _ofa_groups(), _ofa_tiled())
     raise UnknownNameError("latency-predictor space", space, PREDICTOR_SPACES)
 
 

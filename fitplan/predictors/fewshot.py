@@ -257,7 +257,7 @@ def evaluate(space: str, *, n_samples: Sequence[int] = (10,), draws: int = 5, pr
         j = names.index(dev)
         src = [d for d in source_devices(pool, dev, protocol)]
         cols = [names.index(d) for d in src]
-        prior = build_prior(space, x, lat[:, cols], src, sf.analytic, sf.groups, hyper)
+        prior = build_prior(space, x, lat[:, cols], src, sf.analytic, sf.groups, hyper, tiled=sf.tiled)
         y = lat[:, j]
         sets: list[tuple[str, int, list[np.ndarray]]] = [("random", n, sample_sets(len(y), n, draws, seed))
                                                         for n in n_samples]

@@ -38,7 +38,8 @@ from fitplan.predictors.features import (
 from fitplan.predictors.basis import (
     BasisHyper, available_devices, blend_log, blend_share, bma_log_predict, fit_bma, source_columns)
 from fitplan.predictors.ensemble import ENSEMBLE_FORMAT, EnsemblePredictor
-from fitplan.predictors.meta import HyperParams, MetaPrior, Posterior, build_prior, fit_device_table, suspects
+from fitplan.predictors.meta import (CANDIDATE_NAMES, HyperParams, MetaPrior, Posterior, build_prior, fit_device_table,
+                                     suspects)
 from fitplan.predictors.samples import iter_samples
 
 if TYPE_CHECKING:
@@ -68,12 +69,14 @@ MIN_SELECT_SAMPLES = 8
 #: ofa_mbv3 to 0.0347 / 0.1 (0.9136 -> 0.9143: its sources are all GPUs, a wide sigma_r costs there).
 #: ``sigma_wide`` (a per-device marginal-likelihood choice of all analytic tables at that scale) is not tuned
 #: on these devices, which cannot ask for it: it guards accelerators unlike every source (meta module
-#: docstring, "Wide"; ``benchmarks/predictor_synthetic.py``).
+#: docstring, "Wide"; ``benchmarks/predictor_synthetic.py``). Nor is ``sigma_tile`` (the third choice, wide plus
+#: the tiled-MAC tables; "Tiles"): 0.3 of 0.1 / 0.3 / 1 on the generated channel-tiling accelerators, which no
+#: real device here is; it is never chosen on the real ones.
 DEFAULT_HYPER: dict[str, HyperParams] = {
     "fbnet": HyperParams(gamma=2.07, sigma_a=0.102, sigma_r=1.0, sigma_b=0.108, tau=0.0237, sigma_n=0.0349,
-                         sigma_wide=1.0),
+                         sigma_wide=1.0, sigma_tile=0.3),
     "ofa_mbv3": HyperParams(gamma=0.549, sigma_a=0.0347, sigma_r=0.1, sigma_b=0.0435, tau=0.0554,
-                            sigma_n=0.0365, sigma_wide=1.0),
+                            sigma_n=0.0365, sigma_wide=1.0, sigma_tile=0.3),
 }
 
 #: Measured-basis blend (:mod:`fitplan.predictors.basis`), chosen by a grid search with leave-one-device-out
@@ -381,7 +384,8 @@ class LatencyPredictor:
         x = _dataset_x(space)
         lat = np.stack([ds.device(d) for d in devices], axis=1)
         sf = space_features(space)
-        return cls(build_prior(space, x, lat, devices, sf.analytic, sf.groups, hyper or DEFAULT_HYPER[space]))
+        return cls(build_prior(space, x, lat, devices, sf.analytic, sf.groups, hyper or DEFAULT_HYPER[space],
+                               tiled=sf.tiled))
 
     @classmethod
     def for_space(cls, space: str) -> "LatencyPredictor":
@@ -418,8 +422,9 @@ class LatencyPredictor:
         prov = {"method": method,
                 "space": self.space, "source_devices": list(self.prior.devices), "n_fp32_samples": int(fp.sum()),
                 "n_compressed_samples": int((~fp).sum()), "hyper": self.prior.hyper.to_dict(),
-                # the prior the samples' evidence chose: the tuned one, or every analytic table wide (meta)
-                "analytic_prior": "wide" if post.candidate else "tuned",
+                # the prior the samples' evidence chose: the tuned one, every analytic table wide, or wide plus
+                # the tiled-MAC tables (meta module docstring)
+                "analytic_prior": CANDIDATE_NAMES[post.candidate],
                 "basis_hyper": self.basis_hyper.to_dict(),
                 "calibration_in_sample_median_ape_pct": float(np.median(ape) * 100),
                 # positions in the given samples: measurements the fit treated as disturbed runs
@@ -455,6 +460,8 @@ class LatencyPredictor:
                 "hyper": json.dumps(p.hyper.to_dict())}
         arrays = {"pool_mean": p.pool_mean, "mean": p.mean, "source_factors": p.source_factors,
                   "analytic": p.analytic, "scale_diag": p.scale_diag, "groups": p.groups}
+        if p.tiled is not None:
+            arrays["tiled"] = p.tiled
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}, str(path), meta)
 
@@ -483,7 +490,8 @@ class LatencyPredictor:
         prior = MetaPrior(space=meta["space"], pool_mean=arrays["pool_mean"], mean=arrays["mean"],
                           source_factors=arrays["source_factors"], analytic=arrays["analytic"],
                           scale_diag=arrays["scale_diag"], devices=tuple(json.loads(meta["devices"])),
-                          groups=arrays["groups"], hyper=HyperParams.from_dict(json.loads(meta["hyper"])))
+                          groups=arrays["groups"], hyper=HyperParams.from_dict(json.loads(meta["hyper"])),
+                          tiled=arrays.get("tiled"))  # absent in files written before the tiled tables
         return cls(prior)
 
 

@@ -46,6 +46,20 @@ accelerators (``benchmarks/predictor_synthetic.py``: per-convolution roofline wi
 depthwise inefficiency and per-convolution overhead) it takes the meta model from 0.945 to 0.972 mean
 Spearman at N=10.
 
+Tiles. Accelerators process channels in fixed blocks (PE and systolic arrays; FPGA designs unroll ``Tm``
+output x ``Tn`` input channels and take ``ceil(M/Tm)·ceil(N/Tn)`` steps per tile), so a layer whose channel
+count is not a multiple of the block runs as if it had the rounded-up count: a per-layer factor that none of
+the analytic tables carries and that ten samples cannot learn layer by layer (14 per-stage directions were
+never chosen, docs/DEVELOPING.md). With ``sigma_tile`` > 0 a third candidate adds to the wide prior the MACs
+with channel counts rounded up to 16, 32 and 64 (:data:`~fitplan.predictors.features.TILED_NAMES`,
+pointwise and depthwise apart) at that scale. On the generated accelerators that tile channels (tile sizes
+drawn from 8 to 64 per dimension, not only the tables' three) the meta model goes from 0.972 to 0.982 mean
+Spearman at N=10, its lowest device from 0.901 to 0.963 (N=20: 0.985 -> 0.995); on generated accelerators
+that map kernel rows and output rows instead (row-stationary, Eyeriss-like) and on every real device (fbnet
+and ofa_mbv3, every protocol and target) nothing changes: the candidate is not chosen there. A third
+candidate rather than part of the wide one, because the six extra directions cost the wide prior evidence
+where it needs none of them (as part of it: N=5 0.925 -> 0.922, row-stationary 0.971 -> 0.969).
+
 Adaptation with ``N`` samples is Bayesian linear regression in closed form (an ``N×N`` solve), so it takes
 milliseconds and the result is again a plain table: prediction is one matrix-vector product.
 """
@@ -77,6 +91,8 @@ class HyperParams:
     sigma_a: float = 0.3
     sigma_r: float | None = None  # scale of BOUND_TABLES; None: sigma_a (states written before it existed)
     sigma_wide: float = 0.0  # > 0: each device may choose every analytic table at this scale instead (see below)
+    sigma_tile: float = 0.0  # > 0 (with sigma_wide): a third choice adds the tiled-MAC tables at this scale
+    with_tiled: bool = False  # whether this prior includes the tiled-MAC tables (set by candidates())
     sigma_b: float = 0.3
     tau: float = 0.1
     sigma_n: float = 0.03
@@ -88,11 +104,13 @@ class HyperParams:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def candidates(self) -> list["HyperParams"]:
-        """The hyper-parameters a device's posterior chooses among by marginal likelihood: these, and with
-        ``sigma_wide`` > 0 the same with every analytic table at ``sigma_wide`` (module docstring, "Wide")."""
+        """The hyper-parameters a device's posterior chooses among by marginal likelihood: these; with
+        ``sigma_wide`` > 0 the same with every analytic table at ``sigma_wide`` (module docstring, "Wide"); and
+        with ``sigma_tile`` > 0 too, that wide prior plus the tiled-MAC tables (module docstring, "Tiles")."""
         if self.sigma_wide <= 0:
             return [self]
-        return [self, replace(self, sigma_a=self.sigma_wide, sigma_r=self.sigma_wide)]
+        wide = replace(self, sigma_a=self.sigma_wide, sigma_r=self.sigma_wide)
+        return [self, wide, replace(wide, with_tiled=True)] if self.sigma_tile > 0 else [self, wide]
 
     def analytic_scales(self) -> np.ndarray:
         """Prior scale of each analytic table, in :data:`ANALYTIC_NAMES` order: ``sigma_r`` for
@@ -147,13 +165,17 @@ def _normalised(y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
     return y / s, s
 
 
+#: names of :meth:`HyperParams.candidates`, by index (``Posterior.candidate``).
+CANDIDATE_NAMES = ("tuned", "wide", "wide+tiled")
+
+
 class Posterior(NamedTuple):
     """Few-shot posterior of :meth:`MetaPrior.posterior`."""
 
     table: np.ndarray  #: posterior-mean cost table in milliseconds [F]
     weights: np.ndarray  #: per-sample weights in (0, 1]: 1 = taken at face value, less = down-weighted outlier
     loo_log_resid: np.ndarray  #: log(y_i) - log(prediction of y_i from the other samples), per sample
-    candidate: int = 0  #: which hyper-parameter candidate the evidence chose (0: as given; 1: wide analytic)
+    candidate: int = 0  #: the candidate the evidence chose (:data:`CANDIDATE_NAMES`: as given, wide, wide + tiled)
 
 
 def fit_device_table(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -190,6 +212,7 @@ class MetaPrior:
     devices: tuple[str, ...]
     groups: np.ndarray  # [F, G] group directions, already scaled by the typical per-feature magnitude
     hyper: HyperParams = field(default_factory=HyperParams)
+    tiled: np.ndarray | None = None  # [F, len(TILED_NAMES)] normalised tiled-MAC tables; None: not available
 
     @property
     def n_features(self) -> int:
@@ -200,8 +223,11 @@ class MetaPrior:
         h = hyper or self.hyper
         const = np.zeros((self.n_features, 1))
         const[-1, 0] = 1.0
-        return np.concatenate([h.gamma * self.source_factors, self.analytic * h.analytic_scales(),
-                               h.sigma_b * const, h.sigma_g * self.groups], 1)
+        parts = [h.gamma * self.source_factors, self.analytic * h.analytic_scales(), h.sigma_b * const,
+                 h.sigma_g * self.groups]
+        if h.with_tiled and self.tiled is not None:
+            parts.append(h.sigma_tile * self.tiled)
+        return np.concatenate(parts, 1)
 
     def _terms(self, x: np.ndarray, t: np.ndarray, h: HyperParams):
         """Prior factor, its sample projection, residual diagonal, prior covariance of the samples, their
@@ -264,7 +290,7 @@ def suspects(weights: np.ndarray, factor: float = 4.0) -> list[int]:
 
 
 def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequence[str], analytic: np.ndarray,
-                groups: np.ndarray, hyper: HyperParams | None = None) -> MetaPrior:
+                groups: np.ndarray, hyper: HyperParams | None = None, tiled: np.ndarray | None = None) -> MetaPrior:
     """Meta-train: fit each source device's table on its measured archs and form the Gaussian prior.
 
     Args:
@@ -272,6 +298,7 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
         latency: ``[n_archs, K]`` ms, one column per device in ``devices``.
         analytic: ``[len(ANALYTIC_NAMES), F]`` analytic cost tables.
         groups: ``[F, G]`` 0/1 group indicators (see :func:`fitplan.predictors.features.space_features`).
+        tiled: ``[len(TILED_NAMES), F]`` tiled-MAC tables (module docstring, "Tiles"); ``None``: none.
     """
     pool_mean = x.mean(axis=0)
     tables = []
@@ -282,16 +309,19 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
     mean = tabs.mean(axis=1)
     k = tabs.shape[1]
     src = (tabs - mean[:, None]) / np.sqrt(max(k - 1, 1))
-    an = []
-    for row in analytic:
-        tot = float(pool_mean @ row)
-        an.append(row / tot if tot > 0 else row)
-    an_m = np.stack(an, axis=1) if an else np.zeros((x.shape[1], 0))
+    an_m = _pool_normalised(analytic, pool_mean)
     scale = np.abs(tabs).mean(axis=1) + 0.1 * np.abs(an_m).mean(axis=1) + 1e-6
     return MetaPrior(space=space, pool_mean=pool_mean, mean=mean, source_factors=src, analytic=an_m,
                      scale_diag=scale, devices=tuple(devices), groups=groups * scale[:, None],
-                     hyper=hyper or HyperParams())
+                     hyper=hyper or HyperParams(), tiled=None if tiled is None else _pool_normalised(tiled, pool_mean))
 
 
-__all__ = ["ANALYTIC_NAMES", "BOUND_TABLES", "HyperParams", "MetaPrior", "Posterior", "build_prior",
+def _pool_normalised(rows: np.ndarray, pool_mean: np.ndarray) -> np.ndarray:
+    """Cost tables ``[T, F]`` as columns ``[F, T]``, each scaled to mean cost 1 over the reference pool (as device
+    tables are), so one prior scale means the same for every table."""
+    out = [row / float(pool_mean @ row) if float(pool_mean @ row) > 0 else row for row in rows]
+    return np.stack(out, axis=1) if out else np.zeros((len(pool_mean), 0))
+
+
+__all__ = ["ANALYTIC_NAMES", "BOUND_TABLES", "CANDIDATE_NAMES", "HyperParams", "MetaPrior", "Posterior", "build_prior",
            "fit_device_table", "loo_residuals", "outlier_variance", "suspects"]

@@ -67,6 +67,17 @@ def test_state_round_trip(tmp_path: Path):
     p.save(tmp_path / "prior.safetensors")
     q = LatencyPredictor.load(tmp_path / "prior.safetensors")
     assert np.array_equal(p.adapt(samples).table, q.adapt(samples).table)
+    np.testing.assert_array_equal(p.prior.tiled, q.prior.tiled)
+    # a prior written before the tiled tables existed still loads and adapts (without that candidate)
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(tmp_path / "prior.safetensors"), framework="numpy") as f:
+        meta = f.metadata()
+    old = {k: v for k, v in load_file(str(tmp_path / "prior.safetensors")).items() if k != "tiled"}
+    save_file(old, str(tmp_path / "old.safetensors"), meta)
+    r = LatencyPredictor.load(tmp_path / "old.safetensors")
+    assert r.prior.tiled is None and np.isfinite(r.adapt(samples).table).all()
     with pytest.raises(ConfigError, match="format"):
         AdaptedPredictor.from_state({"format": "other"})
 
@@ -75,6 +86,8 @@ def test_shipped_prior_matches_rebuild():
     shipped = LatencyPredictor.load(shipped_prior_path("fbnet"))
     rebuilt = LatencyPredictor.meta_train("fbnet")
     np.testing.assert_allclose(shipped.prior.mean, rebuilt.prior.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(shipped.prior.tiled, rebuilt.prior.tiled, rtol=1e-9, atol=1e-12)
+    assert shipped.prior.hyper == rebuilt.prior.hyper  # the shipped file was re-saved with the current defaults
 
 
 def test_no_pickle_in_package_state():

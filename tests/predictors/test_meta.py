@@ -130,6 +130,45 @@ def test_a_device_unlike_every_source_chooses_the_wide_analytic_prior():
                                                                                             sigma_wide=0.0)))
 
 
+def test_a_channel_tiling_accelerator_chooses_the_tiled_tables():
+    """An FPGA-like device that unrolls 16 input x 64 output channels (a layer whose channel count is not a
+    multiple wastes the rest of the block) with slow depthwise convolutions and a per-convolution overhead:
+    where ten samples' evidence picks the wide prior with the tiled-MAC tables, it ranks the device far better
+    than the priors without them; a real device the sources resemble never picks it."""
+    import math
+
+    from fitplan.predictors.features import fbnet_convs
+    from fitplan.predictors.meta import CANDIDATE_NAMES
+
+    def util(c: int, t: int) -> float:
+        return c / (math.ceil(c / t) * t)
+
+    prior = LatencyPredictor.for_space("fbnet").prior
+    assert prior.hyper.sigma_tile > 0 and prior.tiled is not None
+    untiled = dataclasses.replace(prior.hyper, sigma_tile=0.0).candidates()
+    x = dataset_features("fbnet")
+    table = np.zeros(x.shape[1])
+    for f, convs in fbnet_convs().items():
+        for c in convs:
+            table[f] += c.macs / (6.6e9 * util(c.c_in, 16) * util(c.c_out, 64) * (0.12 if c.depthwise else 1.0))
+            table[f] += 6.4e-4
+    table[-1] = 3.2e-3
+    y = x @ table
+    with_tiles, without = [], []
+    for seed in range(6):
+        idx = np.random.default_rng(seed).choice(len(y), 10, replace=False)
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        post = prior.posterior(x[idx], y[idx])
+        if CANDIDATE_NAMES[post.candidate] == "wide+tiled":
+            with_tiles.append(spearmanr(x[rest] @ post.table, y[rest])[0])
+            without.append(spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx], grid=untiled), y[rest])[0])
+    assert len(with_tiles) >= 3
+    assert min(np.subtract(with_tiles, without)) > 0.03 and np.mean(with_tiles) > 0.95, (with_tiles, without)
+    for dev in ("gold_6240", "samsung_a50"):
+        held, xh, yh, idx, _ = _held_out("fbnet", dev, 10)
+        assert held.posterior(xh[idx], yh[idx]).candidate == 0
+
+
 def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys):
     """``fitplan calibrate fit`` stores the fit and tells which measurement looked disturbed."""
     import json
