@@ -112,6 +112,9 @@ def run_fit(args: argparse.Namespace) -> int:
     if sel.get("chosen"):
         cv = ", ".join(f"{k} {v:.1f} %" for k, v in (sel.get("cv_mean_ape_pct") or {}).items() if v is not None)
         how = f" (chosen: {sel['chosen']}" + (f"; leave-one-out mean error {cv}" if cv else "") + ")"
+    if prov.get("analytic_prior") not in (None, "tuned"):
+        # the samples' evidence asked for a prior unlike every source device (meta module docstring)
+        how += f" (meta-model prior: {prov['analytic_prior']}, a device unlike every source)"
     print(f"calibrated {space} predictor for {prof.name!r} on {len(samples)} samples{how} -> {path}")
     note = suspect_note(prov, samples)
     if note:

@@ -130,7 +130,7 @@ def test_a_device_unlike_every_source_chooses_the_wide_analytic_prior():
                                                                                             sigma_wide=0.0)))
 
 
-def test_a_channel_tiling_accelerator_chooses_the_tiled_tables():
+def test_a_channel_tiling_accelerator_chooses_the_tiled_tables(tmp_path, monkeypatch, capsys):
     """An FPGA-like device that unrolls 16 input x 64 output channels (a layer whose channel count is not a
     multiple wastes the rest of the block) with slow depthwise convolutions and a per-convolution overhead:
     where ten samples' evidence picks the wide prior with the tiled-MAC tables, it ranks the device far better
@@ -160,10 +160,23 @@ def test_a_channel_tiling_accelerator_chooses_the_tiled_tables():
         rest = np.setdiff1d(np.arange(len(y)), idx)
         post = prior.posterior(x[idx], y[idx])
         if CANDIDATE_NAMES[post.candidate] == "wide+tiled":
+            tiled_idx = idx
             with_tiles.append(spearmanr(x[rest] @ post.table, y[rest])[0])
             without.append(spearmanr(x[rest] @ prior.posterior_table(x[idx], y[idx], grid=untiled), y[rest])[0])
     assert len(with_tiles) >= 3
     assert min(np.subtract(with_tiles, without)) > 0.03 and np.mean(with_tiles) > 0.95, (with_tiles, without)
+    # fitplan calibrate fit says which prior the samples asked for
+    import json
+
+    from fitplan.cli import main
+
+    monkeypatch.setenv("FITPLAN_HOME", str(tmp_path / "home"))
+    ds = load_latency_dataset("fbnet")
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"space": "fbnet", "samples": [{"arch": ds.arch(int(i)), "latency_ms": 1e3 * float(y[i])}
+                                                             for i in tiled_idx]}))
+    assert main(["calibrate", "fit", "--profile", "pixel3", "--samples", str(cal), "--space", "fbnet"]) == 0
+    assert "meta-model prior: wide+tiled" in capsys.readouterr().out
     for dev in ("gold_6240", "samsung_a50"):
         held, xh, yh, idx, _ = _held_out("fbnet", dev, 10)
         assert held.posterior(xh[idx], yh[idx]).candidate == 0
