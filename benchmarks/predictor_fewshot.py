@@ -18,7 +18,7 @@ meta model on GPUs / CPUs with a similar source, the average on devices unlike e
 over the 13 fbnet devices, ``auto`` vs ``ours+basis``, N=5 / 10 / 20 / HELP's 10 reference archs (at N=5,
 below ``MIN_SELECT_SAMPLES``, ``auto`` is ``ours+basis``): LODO 0.906 / 0.916 / 0.928 / 0.922 vs 0.906 / 0.914 /
 0.927 / 0.922; LOCO 0.836 / 0.875 / 0.898 / 0.878 vs 0.836 / 0.879 / 0.898 / 0.879; noise-free targets LODO
-0.977 / 0.987 / 0.992 / 0.988, LOCO 0.906 / 0.945 / 0.963 / 0.942 (vs 0.906 / 0.950 / 0.963 / 0.942); ofa_mbv3
+0.977 / 0.987 / 0.992 / 0.988, LOCO 0.906 / 0.944 / 0.963 / 0.942 (vs 0.906 / 0.949 / 0.963 / 0.942); ofa_mbv3
 LODO 0.899 / 0.906 / 0.908 / 0.909, noise-free 0.986 / 0.988 / 0.991 / 0.991. Before the roofline-bound prior
 scales and the posterior competing in the measured-basis average (docs/DEVELOPING.md) ``auto`` was: fbnet LODO
 0.894 / 0.915 / 0.928 / 0.921, LOCO 0.804 / 0.855 / 0.875 / 0.845, noise-free LODO 0.971 / 0.987 / 0.992 /

@@ -21,20 +21,23 @@ docstring, "Tiles") describe the ``channel`` mechanism, so that family's gain fr
 Columns: ``auto`` and ``ours+basis`` as in ``benchmarks/predictor_fewshot.py`` (what a calibration does by
 default, and the meta model with its measured basis); the meta posterior alone with the shipped
 hyper-parameters (each device choosing among the tuned analytic scales, ``sigma_wide``, and ``sigma_wide`` plus
-the tiled-MAC tables), the same without the tiled candidate, without either, and the FLOPs proxy. Sources: all
+the tiled-MAC tables, the last two at prior odds ``unlike_log_odds``), the same without the tiled candidate,
+without either, and the FLOPs proxy. Sources: all
 13 fbnet devices (the shipped prior).
 
 Figures (30 devices per family, 5 random draws per N, then HELP's 10 fixed reference archs; mean Spearman /
 median APE, lowest device):
 
-* ``channel``: ``auto`` N=5 / 10 / 20 / ref 0.925 / 0.981 / 0.995 / 0.959 (lowest device 0.827 / 0.958 / 0.986 /
-  0.896), median APE 6.2 / 2.9 / 1.6 / 4.2 %; the meta posterior without the tiled candidate 0.924 / 0.972 /
-  0.985 / 0.959 (lowest at N=10 0.901), without the wide one as well 0.911 / 0.945 / 0.973 / 0.945; FLOPs 0.729.
-* ``rowstat``: ``auto`` 0.949 / 0.971 / 0.986 / 0.965 (lowest 0.897 / 0.950 / 0.972 / 0.922), median APE 5.0 /
-  3.4 / 2.3 / 3.1 %; without the tiled candidate the same; without the wide one 0.946 / 0.967 / 0.982 / 0.963;
+* ``channel``: ``auto`` N=5 / 10 / 20 / ref 0.925 / 0.985 / 0.995 / 0.979 (lowest device 0.827 / 0.958 / 0.987 /
+  0.948), median APE 6.2 / 2.4 / 1.6 / 3.4 %; the meta posterior without the tiled candidate 0.924 / 0.976 /
+  0.986 / 0.979 (lowest at N=10 0.901), without the wide one as well 0.911 / 0.945 / 0.973 / 0.945; FLOPs 0.729.
+* ``rowstat``: ``auto`` 0.949 / 0.975 / 0.987 / 0.979 (lowest 0.897 / 0.956 / 0.974 / 0.953), median APE 5.0 /
+  3.3 / 2.4 / 3.0 %; without the tiled candidate the same; without the wide one 0.946 / 0.967 / 0.982 / 0.963;
   FLOPs 0.887.
 
-Before the tiled tables ``auto`` on ``channel`` was 0.925 / 0.971 / 0.985 / 0.959 (lowest device at N=10 0.895).
+Before the tiled tables and the prior odds of the wide candidates (meta module docstring, "Tiles", "Odds")
+``auto`` was 0.925 / 0.971 / 0.985 / 0.959 on ``channel`` (lowest device at N=10 0.895, with the reference
+archs 0.896) and 0.949 / 0.971 / 0.986 / 0.965 on ``rowstat`` (lowest with the reference archs 0.922).
 
     python benchmarks/predictor_synthetic.py [--devices 30] [--draws 5] [--n 5 10 20] [--family channel rowstat]
 """

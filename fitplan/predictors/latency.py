@@ -71,12 +71,13 @@ MIN_SELECT_SAMPLES = 8
 #: on these devices, which cannot ask for it: it guards accelerators unlike every source (meta module
 #: docstring, "Wide"; ``benchmarks/predictor_synthetic.py``). Nor is ``sigma_tile`` (the third choice, wide plus
 #: the tiled-MAC tables; "Tiles"): 0.3 of 0.1 / 0.3 / 1 on the generated channel-tiling accelerators, which no
-#: real device here is; it is never chosen on the real ones.
+#: real device here is; it is never chosen on the real ones. ``unlike_log_odds`` (prior odds of those two) is 2 of
+#: 1.5 / 2 / 2.5, the largest that kept every real figure within 0.001 ("Odds").
 DEFAULT_HYPER: dict[str, HyperParams] = {
     "fbnet": HyperParams(gamma=2.07, sigma_a=0.102, sigma_r=1.0, sigma_b=0.108, tau=0.0237, sigma_n=0.0349,
-                         sigma_wide=1.0, sigma_tile=0.3),
+                         sigma_wide=1.0, sigma_tile=0.3, unlike_log_odds=2.0),
     "ofa_mbv3": HyperParams(gamma=0.549, sigma_a=0.0347, sigma_r=0.1, sigma_b=0.0435, tau=0.0554,
-                            sigma_n=0.0365, sigma_wide=1.0, sigma_tile=0.3),
+                            sigma_n=0.0365, sigma_wide=1.0, sigma_tile=0.3, unlike_log_odds=2.0),
 }
 
 #: Measured-basis blend (:mod:`fitplan.predictors.basis`), chosen by a grid search with leave-one-device-out

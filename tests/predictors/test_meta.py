@@ -37,6 +37,27 @@ def _held_out(space: str, device: str, n: int, seed: int = 0):
     return pred.prior, dataset_features(space), y, idx, rest
 
 
+def _tiling_accelerator(t_in: int, t_out: int, eff_dw: float) -> np.ndarray:
+    """Noise-free latencies (s) of the 5000 fbnet archs on an FPGA-like device that unrolls ``t_in`` input x
+    ``t_out`` output channels (a layer whose channel count is not a multiple wastes the rest of the block),
+    runs depthwise convolutions at ``eff_dw`` of that rate and pays a fixed overhead per convolution."""
+    import math
+
+    from fitplan.predictors.features import fbnet_convs
+
+    def util(c: int, t: int) -> float:
+        return c / (math.ceil(c / t) * t)
+
+    x = dataset_features("fbnet")
+    table = np.zeros(x.shape[1])
+    for f, convs in fbnet_convs().items():
+        for c in convs:
+            u = util(c.c_in, t_in) * util(c.c_out, t_out) * (eff_dw if c.depthwise else 1.0)
+            table[f] += c.macs / (6.6e9 * u) + 6.4e-4
+    table[-1] = 3.2e-3
+    return x @ table
+
+
 def test_posterior_resists_one_corrupted_sample():
     """One of ten samples measured 2x too slow (a disturbed run) barely moves the robust posterior, while the
     plain Gaussian one bends toward it."""
@@ -131,29 +152,16 @@ def test_a_device_unlike_every_source_chooses_the_wide_analytic_prior():
 
 
 def test_a_channel_tiling_accelerator_chooses_the_tiled_tables(tmp_path, monkeypatch, capsys):
-    """An FPGA-like device that unrolls 16 input x 64 output channels (a layer whose channel count is not a
-    multiple wastes the rest of the block) with slow depthwise convolutions and a per-convolution overhead:
-    where ten samples' evidence picks the wide prior with the tiled-MAC tables, it ranks the device far better
-    than the priors without them; a real device the sources resemble never picks it."""
-    import math
-
-    from fitplan.predictors.features import fbnet_convs
+    """An FPGA-like device (:func:`_tiling_accelerator`, 16 input x 64 output channels): where ten samples'
+    evidence picks the wide prior with the tiled-MAC tables, it ranks the device far better than the priors
+    without them; a real device the sources resemble never picks it."""
     from fitplan.predictors.meta import CANDIDATE_NAMES
-
-    def util(c: int, t: int) -> float:
-        return c / (math.ceil(c / t) * t)
 
     prior = LatencyPredictor.for_space("fbnet").prior
     assert prior.hyper.sigma_tile > 0 and prior.tiled is not None
     untiled = dataclasses.replace(prior.hyper, sigma_tile=0.0).candidates()
     x = dataset_features("fbnet")
-    table = np.zeros(x.shape[1])
-    for f, convs in fbnet_convs().items():
-        for c in convs:
-            table[f] += c.macs / (6.6e9 * util(c.c_in, 16) * util(c.c_out, 64) * (0.12 if c.depthwise else 1.0))
-            table[f] += 6.4e-4
-    table[-1] = 3.2e-3
-    y = x @ table
+    y = _tiling_accelerator(16, 64, 0.12)
     with_tiles, without = [], []
     for seed in range(6):
         idx = np.random.default_rng(seed).choice(len(y), 10, replace=False)
@@ -180,6 +188,31 @@ def test_a_channel_tiling_accelerator_chooses_the_tiled_tables(tmp_path, monkeyp
     for dev in ("gold_6240", "samsung_a50"):
         held, xh, yh, idx, _ = _held_out("fbnet", dev, 10)
         assert held.posterior(xh[idx], yh[idx]).candidate == 0
+
+
+def test_prior_odds_favour_a_device_unlike_every_source_only_on_clean_samples():
+    """HELP's 10 reference archs measured on a channel-tiling accelerator: with equal odds the evidence keeps
+    the tuned prior, which ranks it clearly worse; the shipped odds move it to the wide one. A sample measured
+    2x too slow (down-weighted by the tuned fit) or fewer than ``unlike_min_samples`` samples switch the odds
+    off, as those let the wide prior bend to noise on real devices."""
+    prior = LatencyPredictor.for_space("fbnet").prior
+    h = prior.hyper
+    assert h.unlike_log_odds > 0
+    x = dataset_features("fbnet")
+    y = _tiling_accelerator(12, 32, 0.05)
+    idx = np.asarray(load_latency_dataset("fbnet").reference)
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    odds = prior.posterior(x[idx], y[idx])
+    even = prior.posterior(x[idx], y[idx], dataclasses.replace(h, unlike_log_odds=0.0))
+    assert even.candidate == 0 and odds.candidate > 0
+    assert spearmanr(x[rest] @ odds.table, y[rest])[0] > spearmanr(x[rest] @ even.table, y[rest])[0] + 0.03
+    disturbed = y[idx].copy()
+    disturbed[3] *= 2.0
+    assert prior.posterior(x[idx], disturbed).candidate == 0
+    assert prior.posterior(x[idx], disturbed, dataclasses.replace(h, unlike_min_weight=0.0)).candidate > 0
+    few = idx[:h.unlike_min_samples - 1]
+    assert prior.posterior(x[few], y[few]).candidate == 0
+    assert prior.posterior(x[few], y[few], dataclasses.replace(h, unlike_min_samples=0)).candidate > 0
 
 
 def test_calibrate_fit_names_the_disturbed_sample(tmp_path, monkeypatch, capsys):
