@@ -70,7 +70,7 @@ class Conv(NamedTuple):
 
     macs: float
     moved: float  #: elements read and written (input, output, weights)
-    c_in: int  #: input channels per output channel's filter (1 for depthwise)
+    c_in: int  #: input channels (1 for depthwise: each filter sees one)
     c_out: int
     depthwise: bool
 

@@ -640,6 +640,8 @@ def calibrate_predictor(space: str, samples: Any, device: str = "unknown", metho
                                       "chosen": pick, "cv_mean_ape_pct": {k: (v if np.isfinite(v) else None)
                                                                           for k, v in mean.items()}}
     pred.provenance.setdefault("suspect_samples", meta.provenance.get("suspect_samples", []) if meta else [])
+    if pick == "ensemble" and meta is not None:  # the meta member's prior choice, as the meta model reports it
+        pred.provenance.setdefault("analytic_prior", meta.provenance.get("analytic_prior"))
     return pred
 
 
