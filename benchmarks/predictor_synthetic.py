@@ -129,8 +129,8 @@ def main() -> None:
     sample_sets = [(str(n), [np.random.default_rng(100 + d).choice(n_archs, n, replace=False)
                              for d in range(args.draws)]) for n in args.n]
     sample_sets.append((f"{len(ds.reference)} (HELP's reference archs)", [np.asarray(ds.reference)]))
-    for seed, family in enumerate(sorted(args.family)):
-        rng = np.random.default_rng(seed)
+    for family in sorted(args.family):
+        rng = np.random.default_rng(sorted(FAMILIES).index(family))  # a family's devices do not depend on --family
         tables = [FAMILIES[family](rng, x.shape[1]) for _ in range(args.devices)]
         print(f"\n## {family} accelerators (fbnet space, {args.devices} devices x {args.draws} draws; generated "
               "latencies, not measurements)")
