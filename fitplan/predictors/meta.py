@@ -53,12 +53,12 @@ the analytic tables carries and that ten samples cannot learn layer by layer (14
 never chosen, docs/DEVELOPING.md). With ``sigma_tile`` > 0 a third candidate adds to the wide prior the MACs
 with channel counts rounded up to 16, 32 and 64 (:data:`~fitplan.predictors.features.TILED_NAMES`,
 pointwise and depthwise apart) at that scale. On the generated accelerators that tile channels (tile sizes
-drawn from 8 to 64 per dimension, not only the tables' three) the meta model goes from 0.972 to 0.982 mean
-Spearman at N=10, its lowest device from 0.901 to 0.963 (N=20: 0.985 -> 0.995); on generated accelerators
-that map kernel rows and output rows instead (row-stationary, Eyeriss-like) and on every real device (fbnet
-and ofa_mbv3, every protocol and target) nothing changes: the candidate is not chosen there. A third
-candidate rather than part of the wide one, because the six extra directions cost the wide prior evidence
-where it needs none of them (as part of it: N=5 0.925 -> 0.922, row-stationary 0.971 -> 0.969).
+drawn from 8 to 64 per dimension, not only the tables' three) the meta model went from 0.972 to 0.982 mean
+Spearman at N=10, its lowest device from 0.901 to 0.963 (N=20: 0.985 -> 0.995; before the odds below); on
+generated accelerators that map kernel rows and output rows instead (row-stationary, Eyeriss-like) and on
+every real device (fbnet and ofa_mbv3, every protocol and target) nothing changes: the candidate is not chosen
+there. A third candidate rather than part of the wide one, because the six extra directions cost the wide
+prior evidence where it needs none of them (as part of it: N=5 0.925 -> 0.922, row-stationary 0.971 -> 0.969).
 
 Odds. With equal prior odds the evidence kept the tuned prior for most generated accelerators whose samples
 were HELP's 10 reference archs: its log evidence was up to 3 nats higher, yet the wide candidates ranked them
