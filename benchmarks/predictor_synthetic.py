@@ -90,14 +90,11 @@ def rowstat_table(rng: np.random.Generator, n_features: int) -> np.ndarray:
     peak, bw, eff_dw, ovh = _roofline_params(rng)
     convs = F.fbnet_convs()
     t = np.zeros(n_features)
-    for li, (_, _, s, hw) in enumerate(F._fbnet_plan()):
-        hw_o = math.ceil(hw / s)
-        for oi, name in enumerate(F.FBNET_OPS):
-            f = li * len(F.FBNET_OPS) + oi
-            for c in convs.get(f, []):
-                k = int(name[1]) if c.depthwise else 1
-                u = (rows // k) * k / rows * util(hw_o, cols) * (eff_dw if c.depthwise else 1.0)
-                t[f] += max(c.macs / (peak * u), c.moved / bw) + ovh
+    for ch in F._fbnet_choices():
+        for c in convs[ch.f]:
+            k = ch.k if c.depthwise else 1
+            u = (rows // k) * k / rows * util(ch.hw_o, cols) * (eff_dw if c.depthwise else 1.0)
+            t[ch.f] += max(c.macs / (peak * u), c.moved / bw) + ovh
     t[-1] = 5 * ovh
     return t * 1e3
 

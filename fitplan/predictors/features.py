@@ -75,26 +75,51 @@ class Conv(NamedTuple):
     depthwise: bool
 
 
-def fbnet_convs() -> dict[int, list[Conv]]:
-    """Per FBNet feature (``layer * 9 + op``): its convolutions (identity skips have none)."""
-    out: dict[int, list[Conv]] = {}
+class _FbnetChoice(NamedTuple):
+    """Geometry of one FBNet layer choice that costs something (identity skips are left out)."""
+
+    f: int  #: feature index, ``layer * 9 + op``
+    c_in: int
+    c_out: int
+    hw: int  #: input spatial size
+    hw_o: int  #: output spatial size
+    skip: bool  #: a 1x1 projection skip (channel or stride change); the fields below are then 0
+    k: int
+    mid: int  #: expanded channels
+    g: int  #: groups of the pointwise convolutions
+
+
+def _fbnet_choices() -> list[_FbnetChoice]:
+    """Every FBNet layer choice with a cost, in feature order: what the analytic and tiled tables and
+    :func:`fbnet_convs` are computed from."""
+    out = []
     for li, (c_in, c_out, s, hw) in enumerate(_fbnet_plan()):
         hw_o = math.ceil(hw / s)
         for oi, name in enumerate(FBNET_OPS):
             f = li * len(FBNET_OPS) + oi
             if name == "skip":
                 if c_in != c_out or s != 1:
-                    out[f] = [Conv(c_in * c_out * hw_o ** 2, c_in * hw * hw + c_out * hw_o ** 2 + c_in * c_out, c_in,
-                                   c_out, False)]
+                    out.append(_FbnetChoice(f, c_in, c_out, hw, hw_o, True, 0, 0, 0))
                 continue
             k, e = int(name[1]), int(name.split("_e")[1].split("_")[0])
-            g = 2 if name.endswith("_g2") else 1
-            mid = c_in * e
-            out[f] = [Conv(c_in * mid // g * hw * hw, c_in * hw * hw + mid * hw * hw + c_in * mid // g, c_in, mid,
-                           False),
-                      Conv(mid * k * k * hw_o ** 2, mid * hw * hw + mid * hw_o ** 2 + mid * k * k, 1, mid, True),
-                      Conv(mid * c_out // g * hw_o ** 2, mid * hw_o ** 2 + c_out * hw_o ** 2 + mid * c_out // g, mid,
-                           c_out, False)]
+            out.append(_FbnetChoice(f, c_in, c_out, hw, hw_o, False, k, c_in * e, 2 if name.endswith("_g2") else 1))
+    return out
+
+
+def fbnet_convs() -> dict[int, list[Conv]]:
+    """Per FBNet feature (``layer * 9 + op``): its convolutions (identity skips have none)."""
+    out: dict[int, list[Conv]] = {}
+    for ch in _fbnet_choices():
+        c_in, c_out, hw, hw_o, k, mid, g = ch.c_in, ch.c_out, ch.hw, ch.hw_o, ch.k, ch.mid, ch.g
+        if ch.skip:
+            out[ch.f] = [Conv(c_in * c_out * hw_o ** 2, c_in * hw * hw + c_out * hw_o ** 2 + c_in * c_out, c_in,
+                              c_out, False)]
+            continue
+        out[ch.f] = [Conv(c_in * mid // g * hw * hw, c_in * hw * hw + mid * hw * hw + c_in * mid // g, c_in, mid,
+                          False),
+                     Conv(mid * k * k * hw_o ** 2, mid * hw * hw + mid * hw_o ** 2 + mid * k * k, 1, mid, True),
+                     Conv(mid * c_out // g * hw_o ** 2, mid * hw_o ** 2 + c_out * hw_o ** 2 + mid * c_out // g, mid,
+                          c_out, False)]
     return out
 
 
@@ -125,24 +150,16 @@ def _fbnet_tiled() -> np.ndarray:
 def _fbnet_costs() -> np.ndarray:
     """Analytic cost tables ``[len(ANALYTIC_NAMES), 22 * 9]`` for FBNet layer-op features."""
     out = np.zeros((len(ANALYTIC_NAMES), FBNET_LAYERS * len(FBNET_OPS)))
-    for li, (c_in, c_out, s, hw) in enumerate(_fbnet_plan()):
-        hw_o = math.ceil(hw / s)
-        for oi, name in enumerate(FBNET_OPS):
-            f = li * len(FBNET_OPS) + oi
-            if name == "skip":
-                if c_in == c_out and s == 1:
-                    continue  # identity: no cost
-                macs, params, act = _conv(c_in, c_out, 1, hw_o)
-                out[:, f] = [macs, 0.0, params, act + c_in * hw * hw, 1.0]
-                continue
-            k = int(name[1])
-            e = int(name.split("_e")[1].split("_")[0])
-            g = 2 if name.endswith("_g2") else 1
-            mid = c_in * e
-            m1, p1, a1 = _conv(c_in, mid, 1, hw, g)
-            m2, p2, a2 = _conv(mid, mid, k, hw_o, mid)
-            m3, p3, a3 = _conv(mid, c_out, 1, hw_o, g)
-            out[:, f] = [m1 + m2 + m3, m2, p1 + p2 + p3, c_in * hw * hw + a1 + a2 + a3, 3.0]
+    for ch in _fbnet_choices():
+        c_in, c_out, hw, hw_o = ch.c_in, ch.c_out, ch.hw, ch.hw_o
+        if ch.skip:
+            macs, params, act = _conv(c_in, c_out, 1, hw_o)
+            out[:, ch.f] = [macs, 0.0, params, act + c_in * hw * hw, 1.0]
+            continue
+        m1, p1, a1 = _conv(c_in, ch.mid, 1, hw, ch.g)
+        m2, p2, a2 = _conv(ch.mid, ch.mid, ch.k, hw_o, ch.mid)
+        m3, p3, a3 = _conv(ch.mid, c_out, 1, hw_o, ch.g)
+        out[:, ch.f] = [m1 + m2 + m3, m2, p1 + p2 + p3, c_in * hw * hw + a1 + a2 + a3, 3.0]
     return out
 
 
@@ -184,30 +201,50 @@ _OFA_NB = OFA_BLOCKS * len(OFA_CHOICES)  # 180 block-choice slots
 OFA_NFEAT = 2 * _OFA_NB + 4  # area-scaled + constant per slot, then stem area, head area, 1/r^2-free const
 
 
+class _OfaChoice(NamedTuple):
+    """Geometry of one OFA block choice (block, ks, e) at 224 px."""
+
+    f: int  #: area-scaled feature index (its constant feature is ``_OFA_NB + f``)
+    c_in: int
+    c_out: int
+    hw: int  #: input spatial size
+    hw_o: int  #: output spatial size
+    k: int
+    mid: int  #: expanded channels (a multiple of 8)
+    red: int  #: squeeze-excite channels (a multiple of 8); 0 without SE
+
+
+def _ofa_choices() -> list[_OfaChoice]:
+    """Every OFA block choice, in feature order: what the analytic and tiled tables are computed from."""
+    out = []
+    sizes = _ofa_sizes(np.array([224.0]))[0]
+    for bi, (c_in, c_out, s, se) in enumerate(_ofa_plan()):
+        hw = int(sizes[bi])
+        for ci, (k, e) in enumerate(OFA_CHOICES):
+            mid = int(math.ceil(c_in * e / 8) * 8)
+            out.append(_OfaChoice(bi * len(OFA_CHOICES) + ci, c_in, c_out, hw, math.ceil(hw / s), k, mid,
+                                  int(math.ceil(mid / 4 / 8) * 8) if se else 0))
+    return out
+
+
 def _ofa_costs() -> np.ndarray:
     """Analytic cost tables ``[len(ANALYTIC_NAMES), OFA_NFEAT]`` (area features carry MACs/activations,
     constant features carry parameters and kernel launches)."""
     out = np.zeros((len(ANALYTIC_NAMES), OFA_NFEAT))
-    sizes = _ofa_sizes(np.array([224.0]))[0]
-    for bi, (c_in, c_out, s, se) in enumerate(_ofa_plan()):
-        hw = int(sizes[bi])
-        hw_o = math.ceil(hw / s)
-        for ci, (k, e) in enumerate(OFA_CHOICES):
-            mid = int(math.ceil(c_in * e / 8) * 8)
-            m1, p1, a1 = _conv(c_in, mid, 1, hw)
-            m2, p2, a2 = _conv(mid, mid, k, hw_o, mid)
-            m3, p3, a3 = _conv(mid, c_out, 1, hw_o)
-            macs, params, act = m1 + m2 + m3, p1 + p2 + p3, c_in * hw * hw + a1 + a2 + a3
-            kernels = 3.0
-            if se:
-                red = int(math.ceil(mid / 4 / 8) * 8)
-                params += 2 * mid * red + mid + red
-                macs += 2 * mid * red + mid * hw_o * hw_o
-                act += mid * hw_o * hw_o
-                kernels += 3.0
-            f = bi * len(OFA_CHOICES) + ci
-            out[:, f] = [macs, m2, 0.0, act, 0.0]  # area-scaled slot
-            out[:, _OFA_NB + f] = [0.0, 0.0, params, 0.0, kernels]  # constant slot
+    for ch in _ofa_choices():
+        c_in, c_out, hw, hw_o, mid, red = ch.c_in, ch.c_out, ch.hw, ch.hw_o, ch.mid, ch.red
+        m1, p1, a1 = _conv(c_in, mid, 1, hw)
+        m2, p2, a2 = _conv(mid, mid, ch.k, hw_o, mid)
+        m3, p3, a3 = _conv(mid, c_out, 1, hw_o)
+        macs, params, act = m1 + m2 + m3, p1 + p2 + p3, c_in * hw * hw + a1 + a2 + a3
+        kernels = 3.0
+        if red:
+            params += 2 * mid * red + mid + red
+            macs += 2 * mid * red + mid * hw_o * hw_o
+            act += mid * hw_o * hw_o
+            kernels += 3.0
+        out[:, ch.f] = [macs, m2, 0.0, act, 0.0]  # area-scaled slot
+        out[:, _OFA_NB + ch.f] = [0.0, 0.0, params, 0.0, kernels]  # constant slot
     # stem (3x3 s2 conv 3->16 + fixed MBConv 16->16 e1) at 112x112, head (160->960 1x1 at 7x7, 960->1280, fc)
     stem_m = 3 * 16 * 9 * 112 * 112 + 16 * 9 * 112 * 112 + 16 * 16 * 112 * 112
     out[:, 2 * _OFA_NB] = [stem_m, 16 * 9 * 112 * 112, 0.0, (3 + 16 * 3) * 112 * 112, 0.0]
@@ -223,19 +260,14 @@ def _ofa_tiled() -> np.ndarray:
     """Tiled-MAC tables ``[len(TILED_NAMES), OFA_NFEAT]`` (area-scaled slots, stem and head areas; the
     convolutions as in :func:`_ofa_costs`, element traffic omitted)."""
     out = np.zeros((len(TILED_NAMES), OFA_NFEAT))
-    sizes = _ofa_sizes(np.array([224.0]))[0]
-    for bi, (c_in, c_out, s, se) in enumerate(_ofa_plan()):
-        hw = int(sizes[bi])
-        hw_o = math.ceil(hw / s)
-        for ci, (k, e) in enumerate(OFA_CHOICES):
-            mid = int(math.ceil(c_in * e / 8) * 8)
-            convs = [Conv(c_in * mid * hw * hw, 0.0, c_in, mid, False),
-                     Conv(mid * k * k * hw_o * hw_o, 0.0, 1, mid, True),
-                     Conv(mid * c_out * hw_o * hw_o, 0.0, mid, c_out, False)]
-            if se:
-                red = int(math.ceil(mid / 4 / 8) * 8)
-                convs += [Conv(mid * red, 0.0, mid, red, False), Conv(mid * red, 0.0, red, mid, False)]
-            out[:, bi * len(OFA_CHOICES) + ci] = tiled_macs(convs)
+    for ch in _ofa_choices():
+        c_in, c_out, hw, hw_o, mid, red = ch.c_in, ch.c_out, ch.hw, ch.hw_o, ch.mid, ch.red
+        convs = [Conv(c_in * mid * hw * hw, 0.0, c_in, mid, False),
+                 Conv(mid * ch.k * ch.k * hw_o * hw_o, 0.0, 1, mid, True),
+                 Conv(mid * c_out * hw_o * hw_o, 0.0, mid, c_out, False)]
+        if red:
+            convs += [Conv(mid * red, 0.0, mid, red, False), Conv(mid * red, 0.0, red, mid, False)]
+        out[:, ch.f] = tiled_macs(convs)
     out[:, 2 * _OFA_NB] = tiled_macs([Conv(3 * 16 * 9 * 112 * 112, 0.0, 3, 16, False),
                                       Conv(16 * 9 * 112 * 112, 0.0, 1, 16, True),
                                       Conv(16 * 16 * 112 * 112, 0.0, 16, 16, False)])

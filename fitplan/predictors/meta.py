@@ -343,7 +343,8 @@ def build_prior(space: str, x: np.ndarray, latency: np.ndarray, devices: Sequenc
 def _pool_normalised(rows: np.ndarray, pool_mean: np.ndarray) -> np.ndarray:
     """Cost tables ``[T, F]`` as columns ``[F, T]``, each scaled to mean cost 1 over the reference pool (as device
     tables are), so one prior scale means the same for every table."""
-    out = [row / float(pool_mean @ row) if float(pool_mean @ row) > 0 else row for row in rows]
+    tot = [float(pool_mean @ row) for row in rows]
+    out = [row / t if t > 0 else row for row, t in zip(rows, tot)]
     return np.stack(out, axis=1) if out else np.zeros((len(pool_mean), 0))
 
 
